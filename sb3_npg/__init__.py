@@ -1,0 +1,11 @@
+"""sb3_npg: Natural Policy Gradient for Stable-Baselines3."""
+
+import os
+
+from sb3_npg.npg import NPG
+from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+
+with open(os.path.join(os.path.dirname(__file__), "version.txt")) as file_handler:
+    __version__ = file_handler.read().strip()
+
+__all__ = ["NPG", "CnnPolicy", "MlpPolicy", "MultiInputPolicy", "__version__"]

@@ -1,0 +1,355 @@
+"""
+Natural Policy Gradient (NPG): the algorithm.
+
+One ``train()`` call: policy gradient ``g`` on the actor parameters, ``x ~ (F + damping I)^-1 g`` from
+the Fisher machinery in :mod:`sb3_npg.fisher`, the step ``sqrt(2 target_kl / x^T F x) x`` (no line
+search), the KL measured after the step, then the critic's regression on the returns.
+"""
+
+import warnings
+from typing import Any, ClassVar, TypeVar
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.utils import explained_variance
+from torch import nn
+from torch.nn import functional as F
+
+from sb3_npg.fisher import (
+    FISHER_BACKENDS,
+    add_to_parameters_,
+    flatten,
+    make_fisher,
+    mean_summed_kl,
+    old_distribution,
+    output_fisher,
+)
+from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+
+SelfNPG = TypeVar("SelfNPG", bound="NPG")
+
+
+def _index_observations(observations: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
+    """Select rows of a batch of observations (a tensor, or a dict of tensors for ``Dict`` spaces)."""
+    if isinstance(observations, dict):
+        return {key: value[index] for key, value in observations.items()}
+    return observations[index]
+
+
+class NPG(OnPolicyAlgorithm):
+    """
+    Natural Policy Gradient (NPG)
+
+    Every update maximises the first-order gain ``g^T dtheta`` subject to
+    ``E_s[KL(pi_old(.|s) || pi_new(.|s))] ~ target_kl`` (KL summed over action dimensions):
+    ``dtheta = sqrt(2 target_kl / x^T F x) x`` with ``x ~ (F + cg_damping I)^-1 g``.
+    Unlike TRPO there is no line search: the quadratic model of the KL is trusted.
+
+    Paper: https://proceedings.neurips.cc/paper/2001/hash/4b86abe48d358ecf194c56c69108433e-Abstract.html
+    (Kakade, "A Natural Policy Gradient", 2001); see also https://arxiv.org/abs/1703.02660
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate of the critic (value function), it can be a function
+        of the current progress remaining (from 1 to 0). The actor has no learning rate: its step
+        length is set by ``target_kl``.
+    :param n_steps: The number of steps to run for each environment per update
+        (i.e. rollout buffer size is n_steps * n_envs where n_envs is number of environment copies running in parallel)
+    :param batch_size: Minibatch size for the critic's regression
+    :param gamma: Discount factor
+    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
+    :param cg_max_steps: Maximum number of conjugate-gradient steps (Fisher-vector products) per update
+    :param cg_damping: Damping ``lambda`` in ``(F + lambda I) x = g``; it regularises the solve only
+    :param target_kl: The KL divergence ``epsilon`` each update aims at, summed over action dimensions
+        and averaged over states. Values like 0.01 for discrete actions, larger (0.05-0.1) for
+        multi-dimensional continuous actions.
+    :param n_critic_updates: Number of epochs of critic regression per update
+    :param normalize_advantage: Whether to normalize the advantages
+    :param sub_sampling_factor: Use every ``sub_sampling_factor``-th sample of the rollout for the
+        Fisher (the gradient uses all samples); see p40-42 of John Schulman's thesis
+    :param fisher: The Fisher-vector product backend: ``"gauss_newton"`` (default, exact and fastest),
+        ``"hessian"`` (double backprop of the KL, like TRPO) or ``"empirical"`` (outer products of the
+        per-sample scores, the seed article's formula)
+    :param damped_step_size: Normalise the step by ``x^T (F + lambda I) x`` instead of ``x^T F x``.
+        The damped form under-steps (measured at 0.5-0.86 ``target_kl``); kept for comparison.
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+        instead of action noise exploration (default: False)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
+        Default: -1 (only sample at the beginning of the rollout)
+    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, it will be automatically selected.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: the verbosity level: 0 no output, 1 info, 2 debug
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    policy: ActorCriticPolicy
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        n_steps: int = 2048,
+        batch_size: int = 128,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        cg_max_steps: int = 15,
+        cg_damping: float = 0.1,
+        target_kl: float = 0.01,
+        n_critic_updates: int = 10,
+        normalize_advantage: bool = True,
+        sub_sampling_factor: int = 1,
+        fisher: str = "gauss_newton",
+        damped_step_size: bool = False,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=0.0,  # no entropy bonus: the actor step is the natural gradient of the advantage objective
+            vf_coef=0.0,  # the critic is fitted separately
+            max_grad_norm=0.0,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=(
+                spaces.Box,
+                spaces.Discrete,
+                spaces.MultiDiscrete,
+                spaces.MultiBinary,
+            ),
+        )
+        self.batch_size = batch_size
+        self.cg_max_steps = cg_max_steps
+        self.cg_damping = cg_damping
+        self.target_kl = target_kl
+        self.n_critic_updates = n_critic_updates
+        self.normalize_advantage = normalize_advantage
+        self.sub_sampling_factor = sub_sampling_factor
+        self.fisher = fisher
+        self.damped_step_size = damped_step_size
+        self.skipped_updates = 0
+        self._check_hyperparameters()
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _check_hyperparameters(self) -> None:
+        """Raise ``ValueError`` naming the first argument outside its allowed range."""
+        checks = [
+            ("target_kl", self.target_kl > 0, "must be > 0"),
+            ("cg_max_steps", self.cg_max_steps >= 1, "must be >= 1"),
+            ("cg_damping", self.cg_damping >= 0, "must be >= 0"),
+            ("n_critic_updates", self.n_critic_updates >= 1, "must be >= 1"),
+            ("sub_sampling_factor", self.sub_sampling_factor >= 1, "must be >= 1"),
+            ("n_steps", self.n_steps >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
+            ("gae_lambda", 0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
+            ("fisher", self.fisher in FISHER_BACKENDS, f"must be one of {', '.join(map(repr, FISHER_BACKENDS))}"),
+        ]
+        if self.env is not None:
+            buffer_size = self.n_steps * self.env.num_envs
+            checks.append(
+                (
+                    "batch_size",
+                    self.batch_size <= buffer_size,
+                    f"must be <= n_steps * n_envs = {buffer_size} (the rollout size)",
+                )
+            )
+            if self.normalize_advantage:
+                checks.append(("n_steps", buffer_size > 1, "n_steps * n_envs must be > 1 to normalize the advantages"))
+        for name, valid, allowed in checks:
+            if not valid:
+                raise ValueError(f"Invalid {name}={getattr(self, name)!r}: {allowed}")
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.actor_parameters, critic_parameters = self._split_parameters()
+        # The critic optimiser holds the value parameters only: the actor (log_std and a shared features
+        # extractor included) is moved by the natural-gradient step alone.
+        self.policy.optimizer = self.policy.optimizer_class(  # type: ignore[call-arg]
+            critic_parameters, lr=self.lr_schedule(1), **self.policy.optimizer_kwargs
+        )
+
+    def _split_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """
+        Split the policy's parameters into actor (those the action distribution depends on) and critic (the rest).
+
+        Found by differentiating the distribution on a sample observation, so it holds for custom
+        policies too, whatever their parameter names.
+        """
+        observation, _ = self.policy.obs_to_tensor(self.observation_space.sample())
+        parameters = list(self.policy.parameters())
+        outputs = output_fisher(self.policy.get_distribution(observation)).outputs
+        gradients = th.autograd.grad([output.sum() for output in outputs], parameters, allow_unused=True)
+        actor = [p for p, grad in zip(parameters, gradients, strict=True) if grad is not None]
+        critic = [p for p, grad in zip(parameters, gradients, strict=True) if grad is None]
+        return actor, critic
+
+    def train(self) -> None:
+        """
+        Update policy using the currently gathered rollout buffer.
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+
+        rollout_data = next(self.rollout_buffer.get(batch_size=None))
+        observations = rollout_data.observations
+        actions = rollout_data.actions
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = actions.long().flatten()
+
+        self._policy_step(observations, actions, rollout_data.advantages)
+        value_loss = self._fit_critic(observations, rollout_data.returns)
+
+        self._n_updates += 1
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        self.logger.record("train/value_loss", value_loss)
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/skipped_updates", self.skipped_updates)
+
+    def _policy_step(self, observations: PyTorchObs, actions: th.Tensor, advantages: th.Tensor) -> None:
+        """The natural-gradient step on the actor parameters, with its logs."""
+        if self.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        old = old_distribution(self.policy, observations)
+        log_prob = self.policy.get_distribution(observations).log_prob(actions)
+        # At theta_old the gradient of the surrogate E[A * pi_theta / pi_old] is E[A * grad log pi]
+        gradient = flatten(th.autograd.grad((advantages * log_prob).mean(), self.actor_parameters, materialize_grads=True))
+
+        fisher_index = slice(None, None, self.sub_sampling_factor)
+        fisher = make_fisher(
+            self.fisher,
+            self.policy,
+            self.actor_parameters,
+            _index_observations(observations, fisher_index),
+            actions[fisher_index],
+            self.cg_damping,
+        )
+        direction, residual = fisher.solve(gradient, self.cg_max_steps)
+        damped_quadratic = direction @ (gradient - residual)  # x^T (F + lambda I) x
+        quadratic = damped_quadratic if self.damped_step_size else damped_quadratic - self.cg_damping * direction @ direction
+        del fisher  # frees its graph before the step
+
+        self.logger.record("train/policy_gradient_norm", gradient.norm().item())
+        self.logger.record("train/cg_residual", residual.norm().item())
+        self.logger.record("train/xFx", quadratic.item())
+        step_size = th.sqrt(2 * self.target_kl / quadratic)
+        if not (th.isfinite(quadratic) and quadratic > 0 and th.isfinite(step_size * direction).all()):
+            self._skip_update(f"x^T F x = {quadratic.item():.3g} is not finite and positive")
+            return
+
+        add_to_parameters_(self.actor_parameters, direction, alpha=step_size.item())
+        with th.no_grad():
+            kl = mean_summed_kl(old, self.policy.get_distribution(observations))
+        if not th.isfinite(kl):
+            add_to_parameters_(self.actor_parameters, direction, alpha=-step_size.item())
+            self._skip_update(f"the KL after the step is {kl.item()}")
+            return
+        self.logger.record("train/step_size", step_size.item())
+        self.logger.record("train/kl_divergence", kl.item())
+
+    def _skip_update(self, reason: str) -> None:
+        """Leave the actor unchanged, warn and count the skipped update."""
+        self.skipped_updates += 1
+        warnings.warn(f"NPG skipped the policy update {self._n_updates}: {reason}", RuntimeWarning, stacklevel=3)
+        self.logger.record("train/step_size", 0.0)
+        self.logger.record("train/kl_divergence", 0.0)
+
+    def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor) -> float:
+        """
+        ``n_critic_updates`` epochs of minibatch regression of the value function on the returns.
+
+        Minibatches are indexed straight from the batch tensors. With a shared features extractor (an
+        actor parameter, not moved by the critic) the features are computed once for all epochs.
+        :return: the mean value loss
+        """
+        policy = self.policy
+        if policy.share_features_extractor:
+            with th.no_grad():
+                critic_inputs: PyTorchObs = policy.extract_features(observations, policy.features_extractor)  # type: ignore[assignment]
+
+            def predict_values(inputs: PyTorchObs) -> th.Tensor:
+                return policy.value_net(policy.mlp_extractor.forward_critic(inputs))  # type: ignore[arg-type]
+
+        else:
+            critic_inputs = observations
+            predict_values = policy.predict_values  # type: ignore[assignment]
+
+        n_samples = returns.shape[0]
+        losses = []
+        for _ in range(self.n_critic_updates):
+            permutation = th.randperm(n_samples, device=self.device)
+            for start in range(0, n_samples, self.batch_size):
+                index = permutation[start : start + self.batch_size]
+                values = predict_values(_index_observations(critic_inputs, index)).flatten()
+                value_loss = F.mse_loss(values, returns[index])
+                policy.optimizer.zero_grad()
+                value_loss.backward()
+                policy.optimizer.step()
+                losses.append(value_loss.detach())
+        return th.stack(losses).mean().item()
+
+    def learn(
+        self: SelfNPG,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "NPG",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfNPG:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "actor_parameters"]
