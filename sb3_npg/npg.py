@@ -6,7 +6,10 @@ the Fisher machinery in :mod:`sb3_npg.fisher`, the step ``sqrt(2 target_kl / x^T
 search), the KL measured after the step, then the critic's regression on the returns.
 """
 
+import io
+import pathlib
 import warnings
+import zipfile
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -38,6 +41,26 @@ def _index_observations(observations: PyTorchObs, index: th.Tensor | slice) -> P
     if isinstance(observations, dict):
         return {key: value[index] for key, value in observations.items()}
     return observations[index]
+
+
+def _existing_save_file(path: pathlib.Path) -> pathlib.Path:
+    """The path of a readable SB3 save file (``.zip`` added as ``model.save`` does), or a clear error."""
+    if not path.exists() and path.suffix != ".zip" and path.with_suffix(path.suffix + ".zip").exists():
+        path = path.with_suffix(path.suffix + ".zip")
+    if not path.is_file():
+        raise FileNotFoundError(f"No saved NPG model at '{path}'")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged_member = archive.testzip()
+            members = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"'{path}' is not a readable saved model (corrupt or not a zip archive): {error}") from error
+    if damaged_member is not None:
+        raise ValueError(f"'{path}' is corrupt: member '{damaged_member}' fails its checksum")
+    missing = {"data", "policy.pth"} - members
+    if missing:
+        raise ValueError(f"'{path}' is not a complete saved model: missing {', '.join(sorted(missing))}")
+    return path
 
 
 class NPG(OnPolicyAlgorithm):
@@ -349,6 +372,35 @@ class NPG(OnPolicyAlgorithm):
             tb_log_name=tb_log_name,
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
+        )
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfNPG],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfNPG:
+        """
+        Load a model saved with ``model.save(path)``; see SB3's ``BaseAlgorithm.load``.
+
+        A missing file raises ``FileNotFoundError`` and a file that is not a complete SB3 save
+        (not a zip archive, truncated, or without its model data) raises ``ValueError``, both naming the path.
+        """
+        if isinstance(path, str | pathlib.Path):
+            path = _existing_save_file(pathlib.Path(path))
+        return super().load(
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
         )
 
     def _excluded_save_params(self) -> list[str]:
