@@ -1,0 +1,247 @@
+"""
+The Fisher machinery against dense matrices on tiny networks.
+
+Every backend's Fisher-vector product is compared with a dense Fisher built independently with plain autograd:
+the Hessian of the mean summed KL (``torch.autograd.functional.hessian`` over a flat parameter vector) for
+``"gauss_newton"`` and ``"hessian"``, and ``(1/N) sum_i s_i s_i^T`` from per-sample scores for ``"empirical"``,
+for every action distribution. The conjugate-gradient solver and the empirical Fisher's Woodbury solve are
+checked against ``torch.linalg.solve``.
+"""
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from torch import nn
+from torch.func import functional_call
+
+from sb3_npg import NPG
+from sb3_npg.fisher import (
+    FISHER_BACKENDS,
+    EmpiricalFisher,
+    conjugate_gradient,
+    flatten,
+    make_fisher,
+    mean_summed_kl,
+    old_distribution,
+)
+from tests.envs import ACTION_SPACES, ToyEnv
+
+DISTRIBUTIONS = ["discrete", "box1d", "box6d", "gsde", "multidiscrete", "multibinary"]
+
+
+class _KLOfParameters(nn.Module):
+    """``theta -> mean summed KL(old || pi_theta)`` on fixed observations, for ``functional_call``."""
+
+    def __init__(self, policy: nn.Module, old, observations: th.Tensor):
+        super().__init__()
+        self.policy = policy
+        self.old = old
+        self.observations = observations
+
+    def forward(self) -> th.Tensor:
+        return mean_summed_kl(self.old, self.policy.get_distribution(self.observations))
+
+
+class _LogProbOfParameters(nn.Module):
+    """``theta -> log pi_theta(a|s)`` of one sample, for ``functional_call``."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, observation: th.Tensor, action: th.Tensor) -> th.Tensor:
+        return self.policy.get_distribution(observation).log_prob(action).sum()
+
+
+def actor_names(model: NPG) -> list[str]:
+    """Names (``policy.<name>``) of the actor parameters, in ``model.actor_parameters`` order."""
+    names = {id(parameter): name for name, parameter in model.policy.named_parameters()}
+    return [f"policy.{names[id(parameter)]}" for parameter in model.actor_parameters]
+
+
+def _as_parameters(model: NPG, flat: th.Tensor) -> dict[str, th.Tensor]:
+    chunks = flat.split([p.numel() for p in model.actor_parameters])
+    return {name: chunk.view_as(p) for name, chunk, p in zip(actor_names(model), chunks, model.actor_parameters, strict=True)}
+
+
+def dense_kl_hessian(model: NPG, observations: th.Tensor) -> th.Tensor:
+    """The Hessian at ``theta_old`` of ``E_s[KL(pi_old || pi_theta)]`` (summed over action dimensions), P x P."""
+    kl_module = _KLOfParameters(model.policy, old_distribution(model.policy, observations), observations)
+    theta = flatten(model.actor_parameters).detach()
+    return th.autograd.functional.hessian(lambda flat: functional_call(kl_module, _as_parameters(model, flat), ()), theta)
+
+
+def dense_scores(model: NPG, observations: th.Tensor, actions: th.Tensor) -> th.Tensor:
+    """Per-sample scores ``grad_theta log pi(a_i|s_i)``, one backward per sample, N x P."""
+    rows = []
+    for observation, action in zip(observations, actions, strict=True):
+        log_prob = model.policy.get_distribution(observation[None]).log_prob(action[None]).sum()
+        rows.append(flatten(th.autograd.grad(log_prob, model.actor_parameters, materialize_grads=True)))
+    return th.stack(rows)
+
+
+def tiny_model(distribution: str, n_steps: int = 32, net_arch: tuple[int, ...] = (8,), **kwargs) -> NPG:
+    """An NPG model with a tiny MLP on a toy environment with the action distribution ``distribution``."""
+    action_space = ACTION_SPACES["box6d" if distribution == "gsde" else distribution]
+    env = make_vec_env(ToyEnv, n_envs=1, seed=0, env_kwargs={"action_space": action_space})
+    return NPG(
+        "MlpPolicy",
+        env,
+        n_steps=n_steps,
+        batch_size=n_steps,
+        use_sde=distribution == "gsde",
+        policy_kwargs={"net_arch": list(net_arch)},
+        seed=0,
+        **kwargs,
+    )
+
+
+def batch(model: NPG, n_samples: int) -> tuple[th.Tensor, th.Tensor]:
+    """Random observations and actions sampled from the policy (in the shapes ``train()`` uses)."""
+    generator = np.random.default_rng(1)
+    observations = th.as_tensor(generator.uniform(-1, 1, (n_samples, *model.observation_space.shape)), dtype=th.float32)
+    if model.use_sde:
+        model.policy.reset_noise()
+    with th.no_grad():
+        actions = model.policy.get_distribution(observations).get_actions()
+    return observations, actions
+
+
+def perturb(model: NPG) -> None:
+    """Move the actor away from its initialisation (log_std 0, tiny action layer) so every term of F is exercised."""
+    generator = th.Generator().manual_seed(2)
+    with th.no_grad():
+        for parameter in model.actor_parameters:
+            parameter.add_(0.3 * th.randn(parameter.shape, generator=generator))
+
+
+def assert_close_in_norm(actual: th.Tensor, expected: th.Tensor, rtol: float) -> None:
+    """``||actual - expected|| <= rtol ||expected||`` (float32 network, so relative to the norm)."""
+    error = (actual - expected).norm().item()
+    assert error <= rtol * expected.norm().item(), f"relative error {error / expected.norm().item():.2e}"
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@pytest.mark.parametrize("backend", ["gauss_newton", "hessian"])
+def test_fisher_vector_product_equals_dense_kl_hessian(backend: str, distribution: str) -> None:
+    model = tiny_model(distribution)
+    perturb(model)
+    observations, actions = batch(model, 24)
+    dense = dense_kl_hessian(model, observations)
+    assert dense.abs().max() > 0
+    fisher = make_fisher(backend, model.policy, model.actor_parameters, observations, actions, damping=0.1)
+    vectors = th.randn(4, dense.shape[0], generator=th.Generator().manual_seed(3))
+    for vector in vectors:
+        assert_close_in_norm(fisher.matvec(vector), dense @ vector, rtol=1e-4)
+        assert_close_in_norm(fisher.damped_matvec(vector), dense @ vector + 0.1 * vector, rtol=1e-4)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_empirical_fisher_equals_dense_outer_products(distribution: str) -> None:
+    model = tiny_model(distribution)
+    perturb(model)
+    observations, actions = batch(model, 24)
+    scores = dense_scores(model, observations, actions)
+    dense = scores.T @ scores / len(scores)
+    fisher = make_fisher("empirical", model.policy, model.actor_parameters, observations, actions, damping=0.1)
+    assert isinstance(fisher, EmpiricalFisher)
+    assert_close_in_norm(fisher.per_sample_scores(), scores, rtol=1e-5)
+    for vector in th.randn(4, dense.shape[0], generator=th.Generator().manual_seed(3)):
+        assert_close_in_norm(fisher.matvec(vector), dense @ vector, rtol=1e-4)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@pytest.mark.parametrize("backend", FISHER_BACKENDS)
+def test_solve_equals_dense_damped_solve(backend: str, distribution: str) -> None:
+    """``solve`` returns ``(F + damping I)^-1 g`` and its residual; the empirical Fisher uses Woodbury here (N < P)."""
+    model = tiny_model(distribution)
+    perturb(model)
+    observations, actions = batch(model, 24)
+    if backend == "empirical":
+        scores = dense_scores(model, observations, actions)
+        dense = scores.T @ scores / len(scores)
+    else:
+        dense = dense_kl_hessian(model, observations)
+    n_parameters = dense.shape[0]
+    assert len(observations) < n_parameters
+    gradient = th.randn(n_parameters, generator=th.Generator().manual_seed(4))
+    damped = dense + 0.1 * th.eye(n_parameters)
+    fisher = make_fisher(backend, model.policy, model.actor_parameters, observations, actions, damping=0.1)
+    direction, residual = fisher.solve(gradient, max_iter=10 * n_parameters)
+    assert_close_in_norm(direction, th.linalg.solve(damped, gradient), rtol=1e-3)
+    assert (residual - (gradient - damped @ direction)).norm() <= 1e-3 * gradient.norm()
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_empirical_woodbury_and_conjugate_gradient_agree(distribution: str) -> None:
+    """Woodbury (batch smaller than the parameter count) against CG on the same operator, then the CG path (batch larger)."""
+    small = tiny_model(distribution)
+    perturb(small)
+    observations, actions = batch(small, 16)
+    fisher = make_fisher("empirical", small.policy, small.actor_parameters, observations, actions, damping=0.1)
+    n_parameters = sum(p.numel() for p in small.actor_parameters)
+    assert len(observations) < n_parameters
+    gradient = th.randn(n_parameters, generator=th.Generator().manual_seed(5))
+    woodbury, _ = fisher.solve(gradient, max_iter=1)  # exact whatever the CG budget
+    by_cg, _ = conjugate_gradient(fisher.damped_matvec, gradient, max_iter=10 * n_parameters)
+    assert_close_in_norm(woodbury, by_cg, rtol=1e-3)
+    assert_close_in_norm(fisher.damped_matvec(woodbury), gradient, rtol=1e-3)
+
+    large = tiny_model(distribution, net_arch=(2,))
+    perturb(large)
+    n_parameters = sum(p.numel() for p in large.actor_parameters)
+    observations, actions = batch(large, 2 * n_parameters)
+    scores = dense_scores(large, observations, actions)
+    damped = scores.T @ scores / len(scores) + 0.1 * th.eye(n_parameters)
+    fisher = make_fisher("empirical", large.policy, large.actor_parameters, observations, actions, damping=0.1)
+    gradient = th.randn(n_parameters, generator=th.Generator().manual_seed(6))
+    direction, residual = fisher.solve(gradient, max_iter=10 * n_parameters)
+    assert_close_in_norm(direction, th.linalg.solve(damped, gradient), rtol=1e-3)
+    assert (residual - (gradient - damped @ direction)).norm() <= 1e-3 * gradient.norm()
+
+
+def random_spd(size: int, seed: int) -> th.Tensor:
+    """A random symmetric positive definite float64 matrix with eigenvalues in about [0.5, 4 size]."""
+    generator = th.Generator().manual_seed(seed)
+    factor = th.randn(size, size, generator=generator, dtype=th.float64)
+    return factor @ factor.T + 0.5 * th.eye(size, dtype=th.float64)
+
+
+def test_conjugate_gradient_solves_spd_system() -> None:
+    matrix = random_spd(20, seed=7)
+    b = th.randn(20, generator=th.Generator().manual_seed(8), dtype=th.float64)
+    direction, residual = conjugate_gradient(lambda v: matrix @ v, b, max_iter=200, residual_tol=1e-20)
+    th.testing.assert_close(direction, th.linalg.solve(matrix, b), rtol=1e-7, atol=1e-9)
+    th.testing.assert_close(residual, b - matrix @ direction, rtol=0, atol=1e-9)
+    assert residual.norm() < 1e-9 * b.norm()
+
+
+@pytest.mark.parametrize("max_iter", [1, 3, 8])
+def test_conjugate_gradient_residual_when_stopped_early(max_iter: int) -> None:
+    """An unconverged solve still returns ``r = b - A x``, so ``x^T A x = x^T (b - r)`` as ``train()`` uses it."""
+    matrix = random_spd(30, seed=9)
+    b = th.randn(30, generator=th.Generator().manual_seed(10), dtype=th.float64)
+    products = []
+
+    def matvec(vector: th.Tensor) -> th.Tensor:
+        products.append(vector)
+        return matrix @ vector
+
+    direction, residual = conjugate_gradient(matvec, b, max_iter=max_iter)
+    assert len(products) == max_iter
+    th.testing.assert_close(residual, b - matrix @ direction, rtol=0, atol=1e-9)
+    th.testing.assert_close(direction @ (b - residual), direction @ matrix @ direction)
+    assert 0 < residual.norm() < b.norm()
+
+
+def test_conjugate_gradient_stops_on_zero_or_negative_curvature() -> None:
+    """A zero right-hand side costs no product; a non-positive-definite operator gives a finite x (zero here)."""
+    products = []
+    direction, residual = conjugate_gradient(lambda v: products.append(v) or v, th.zeros(5), max_iter=10)
+    assert not products
+    assert th.equal(direction, th.zeros(5))
+    b = th.ones(5)
+    direction, residual = conjugate_gradient(lambda v: -v, b, max_iter=10)
+    assert th.equal(direction, th.zeros(5))
+    assert th.equal(residual, b)
