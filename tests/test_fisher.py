@@ -12,73 +12,18 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
-from torch import nn
-from torch.func import functional_call
 
 from sb3_npg import NPG
 from sb3_npg.fisher import (
     FISHER_BACKENDS,
     EmpiricalFisher,
     conjugate_gradient,
-    flatten,
     make_fisher,
-    mean_summed_kl,
-    old_distribution,
 )
+from tests.dense import dense_kl_hessian, dense_scores
 from tests.envs import ACTION_SPACES, ToyEnv
 
 DISTRIBUTIONS = ["discrete", "box1d", "box6d", "gsde", "multidiscrete", "multibinary"]
-
-
-class _KLOfParameters(nn.Module):
-    """``theta -> mean summed KL(old || pi_theta)`` on fixed observations, for ``functional_call``."""
-
-    def __init__(self, policy: nn.Module, old, observations: th.Tensor):
-        super().__init__()
-        self.policy = policy
-        self.old = old
-        self.observations = observations
-
-    def forward(self) -> th.Tensor:
-        return mean_summed_kl(self.old, self.policy.get_distribution(self.observations))
-
-
-class _LogProbOfParameters(nn.Module):
-    """``theta -> log pi_theta(a|s)`` of one sample, for ``functional_call``."""
-
-    def __init__(self, policy: nn.Module):
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, observation: th.Tensor, action: th.Tensor) -> th.Tensor:
-        return self.policy.get_distribution(observation).log_prob(action).sum()
-
-
-def actor_names(model: NPG) -> list[str]:
-    """Names (``policy.<name>``) of the actor parameters, in ``model.actor_parameters`` order."""
-    names = {id(parameter): name for name, parameter in model.policy.named_parameters()}
-    return [f"policy.{names[id(parameter)]}" for parameter in model.actor_parameters]
-
-
-def _as_parameters(model: NPG, flat: th.Tensor) -> dict[str, th.Tensor]:
-    chunks = flat.split([p.numel() for p in model.actor_parameters])
-    return {name: chunk.view_as(p) for name, chunk, p in zip(actor_names(model), chunks, model.actor_parameters, strict=True)}
-
-
-def dense_kl_hessian(model: NPG, observations: th.Tensor) -> th.Tensor:
-    """The Hessian at ``theta_old`` of ``E_s[KL(pi_old || pi_theta)]`` (summed over action dimensions), P x P."""
-    kl_module = _KLOfParameters(model.policy, old_distribution(model.policy, observations), observations)
-    theta = flatten(model.actor_parameters).detach()
-    return th.autograd.functional.hessian(lambda flat: functional_call(kl_module, _as_parameters(model, flat), ()), theta)
-
-
-def dense_scores(model: NPG, observations: th.Tensor, actions: th.Tensor) -> th.Tensor:
-    """Per-sample scores ``grad_theta log pi(a_i|s_i)``, one backward per sample, N x P."""
-    rows = []
-    for observation, action in zip(observations, actions, strict=True):
-        log_prob = model.policy.get_distribution(observation[None]).log_prob(action[None]).sum()
-        rows.append(flatten(th.autograd.grad(log_prob, model.actor_parameters, materialize_grads=True)))
-    return th.stack(rows)
 
 
 def tiny_model(distribution: str, n_steps: int = 32, net_arch: tuple[int, ...] = (8,), **kwargs) -> NPG:

@@ -1,0 +1,80 @@
+"""
+Dense references for the tests, built with plain autograd and ``torch.distributions`` only (no sb3_npg maths).
+
+``dense_kl_hessian`` is the Hessian at ``theta_old`` of ``E_s[KL(pi_old || pi_theta)]`` summed over action
+dimensions, over a flat vector of the actor parameters; ``dense_scores`` are the per-sample scores
+``grad_theta log pi(a_i|s_i)``, one backward per sample.
+"""
+
+import torch as th
+from torch import nn
+from torch.distributions import kl_divergence
+from torch.func import functional_call
+
+from sb3_npg import NPG
+
+
+def _torch_distributions(distribution) -> list[th.distributions.Distribution]:
+    """The torch distributions behind an SB3 distribution (a list of categoricals for MultiDiscrete)."""
+    inner = distribution.distribution
+    return list(inner) if isinstance(inner, list) else [inner]
+
+
+def summed_kl(old: list[th.distributions.Distribution], new: list[th.distributions.Distribution]) -> th.Tensor:
+    """Mean over states of the KL summed over every action dimension."""
+    per_state = [kl_divergence(o, n).reshape(o.batch_shape[0], -1).sum(dim=1) for o, n in zip(old, new, strict=True)]
+    return th.stack(per_state).sum(dim=0).mean()
+
+
+class _KLOfParameters(nn.Module):
+    """``theta -> mean summed KL(old || pi_theta)`` on fixed observations, for ``functional_call``."""
+
+    def __init__(self, policy: nn.Module, observations):
+        super().__init__()
+        self.policy = policy
+        self.observations = observations
+        with th.no_grad():
+            self.old = _torch_distributions(policy.get_distribution(observations))
+
+    def forward(self) -> th.Tensor:
+        return summed_kl(self.old, _torch_distributions(self.policy.get_distribution(self.observations)))
+
+
+def actor_names(model: NPG) -> list[str]:
+    """Names of the actor parameters in the policy, in ``model.actor_parameters`` order."""
+    names = {id(parameter): name for name, parameter in model.policy.named_parameters()}
+    return [names[id(parameter)] for parameter in model.actor_parameters]
+
+
+def flat_actor(model: NPG) -> th.Tensor:
+    """A detached copy of the actor parameters as one flat vector."""
+    return th.cat([p.detach().reshape(-1) for p in model.actor_parameters]).clone()
+
+
+def dense_kl_hessian(model: NPG, observations) -> th.Tensor:
+    """The Hessian at the current parameters of the mean summed KL on ``observations``, P x P."""
+    kl_module = _KLOfParameters(model.policy, observations)
+    names = [f"policy.{name}" for name in actor_names(model)]
+    shapes = [p.shape for p in model.actor_parameters]
+
+    def kl_of(flat: th.Tensor) -> th.Tensor:
+        chunks = flat.split([shape.numel() for shape in shapes])
+        parameters = {name: chunk.view(shape) for name, chunk, shape in zip(names, chunks, shapes, strict=True)}
+        return functional_call(kl_module, parameters, ())
+
+    return th.autograd.functional.hessian(kl_of, flat_actor(model))
+
+
+def dense_scores(model: NPG, observations, actions: th.Tensor) -> th.Tensor:
+    """Per-sample scores ``grad_theta log pi(a_i|s_i)``, one backward per sample, N x P."""
+    rows = []
+    for index in range(len(actions)):
+        observation = (
+            {key: value[index : index + 1] for key, value in observations.items()}
+            if isinstance(observations, dict)
+            else observations[index : index + 1]
+        )
+        log_prob = model.policy.get_distribution(observation).log_prob(actions[index : index + 1]).sum()
+        gradients = th.autograd.grad(log_prob, model.actor_parameters, allow_unused=True, materialize_grads=True)
+        rows.append(th.cat([gradient.reshape(-1) for gradient in gradients]))
+    return th.stack(rows)
