@@ -1,0 +1,25 @@
+"""
+``python -m sb3_npg.enjoy`` / ``sb3-npg-enjoy``: RL Zoo's ``enjoy`` (watch or evaluate a trained agent) with NPG.
+
+Every ``rl_zoo3.enjoy`` option works; the defaults differ: ``--algo npg`` and ``-f logs`` (the folder
+``python -m sb3_npg.train`` writes to), e.g. ``python -m sb3_npg.enjoy --env CartPole-v1 --no-render -n 5000``.
+"""
+
+import sys
+
+from sb3_npg.zoo import ALGO_NAME, run_zoo_script
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Load the latest (or ``--exp-id``) trained agent and run it.
+
+    :param argv: command line arguments (``None``: ``sys.argv[1:]``)
+    :return: exit status (0, or 2 when the model or its folder is not found)
+    """
+    defaults = {"--algo": ["--algo", ALGO_NAME], "-f,--folder": ["-f", "logs"]}
+    return run_zoo_script("python -m sb3_npg.enjoy", "rl_zoo3.enjoy", "enjoy", argv, defaults)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""
+The RL Zoo bridge: NPG as a first-class algorithm of ``rl_zoo3``.
+
+:func:`register` (idempotent, and the only function with side effects) adds NPG under the name
+``"npg"`` to everything ``rl_zoo3`` looks up by algorithm name:
+
+- ``rl_zoo3.utils.ALGOS["npg"] = NPG`` (training, ``enjoy``, ``record_video``, ``push_to_hub``);
+- ``rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER["npg"]``: the Optuna search space (:func:`sample_npg_params`);
+- ``rl_zoo3.hyperparams_opt.HYPERPARAMS_CONVERTER["npg"]``: sampled values back to hyperparameters, for
+  ``--trial-id`` (:func:`convert_npg_params`).
+
+It also wraps three methods of ``rl_zoo3.exp_manager.ExperimentManager``, active for ``algo == "npg"`` only:
+
+- ``read_hyperparameters``: the YAML entry (after ``--hyperparams`` overrides) is checked with
+  :func:`check_hyperparameters`, so an unknown key or a value out of range fails before any file is written;
+- ``setup_experiment``: if it fails, the run folder it created is removed (nothing half-written is left);
+- ``objective``: the sampled ``normalize`` flag (``VecNormalize`` or not) is applied to the trial's envs,
+  which the Zoo's samplers cannot do themselves (they only return model arguments).
+
+Importing this module imports neither ``rl_zoo3`` nor ``optuna``; :func:`register` does, and raises an
+``ImportError`` naming the extra to install when they are missing.
+"""
+
+import functools
+import inspect
+import numbers
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sb3_npg.fisher import FISHER_BACKENDS
+from sb3_npg.npg import NPG
+
+ALGO_NAME = "npg"
+"""The algorithm's name in RL Zoo (``--algo npg``)."""
+
+HYPERPARAMS_PATH = Path(__file__).parent / "hyperparams" / "npg.yml"
+"""The shipped hyperparameters, used when no ``--conf-file`` is given."""
+
+INSTALL_HINT = 'RL Zoo support needs the "zoo" extra: pip install -e ".[zoo]" (or pip install "sb3_npg[zoo]")'
+
+# Keys of a YAML entry that RL Zoo consumes itself (they never reach the NPG constructor).
+ZOO_KEYS = frozenset(
+    {
+        "n_timesteps",
+        "n_envs",
+        "normalize",
+        "frame_stack",
+        "env_wrapper",
+        "vec_env_wrapper",
+        "callback",
+        "env_kwargs",
+        "monitor_kwargs",
+    }
+)
+# NPG arguments that RL Zoo passes itself, from its command line: in a YAML entry they are an error.
+SET_BY_ZOO = frozenset({"env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model"})
+
+# Search-space choices, shared by the sampler and the converter.
+NET_ARCHS = {
+    "tiny": {"pi": [64], "vf": [64]},
+    "small": {"pi": [64, 64], "vf": [64, 64]},
+    "medium": {"pi": [256, 256], "vf": [256, 256]},
+}
+ACTIVATIONS = ("tanh", "relu")
+
+_WRAPPED_MARKER = "_sb3_npg_wrapped"
+
+
+class ZooConfigError(ValueError):
+    """A hyperparameter entry for NPG that RL Zoo cannot use (unknown key, wrong type, value out of range)."""
+
+
+def _require_zoo() -> None:
+    """Import ``rl_zoo3`` and ``optuna``, or raise an ``ImportError`` that says how to install them."""
+    try:
+        import optuna  # noqa: F401
+        import rl_zoo3  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"{INSTALL_HINT} ({error})") from error
+
+
+def npg_arguments() -> frozenset[str]:
+    """The names of the NPG constructor arguments a YAML entry may set."""
+    return frozenset(inspect.signature(NPG.__init__).parameters) - {"self"} - SET_BY_ZOO
+
+
+# --------------------------------------------------------------------------------------------------------
+# Validation of a YAML entry
+# --------------------------------------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _schedule_initial_value(value: Any) -> Any:
+    """``"lin_1e-3"`` (RL Zoo's linear schedule) -> ``1e-3``; anything else unchanged."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        try:
+            return float(value[len("lin_") :])
+        except ValueError:
+            return value
+    return value
+
+
+# name -> (predicate, what is allowed)
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n_timesteps": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "n_envs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "frame_stack": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "learning_rate": (
+        lambda v: _is_number(_schedule_initial_value(v)) and _schedule_initial_value(v) > 0,
+        "a number > 0 or a linear schedule 'lin_<number>'",
+    ),
+    "n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "gamma": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "gae_lambda": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "cg_max_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "cg_damping": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "target_kl": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "n_critic_updates": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "sub_sampling_factor": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "normalize_advantage": (lambda v: isinstance(v, bool), "true or false"),
+    "damped_step_size": (lambda v: isinstance(v, bool), "true or false"),
+    "use_sde": (lambda v: isinstance(v, bool), "true or false"),
+    "sde_sample_freq": (lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
+    "stats_window_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "fisher": (lambda v: v in FISHER_BACKENDS, f"one of {', '.join(map(repr, FISHER_BACKENDS))}"),
+    "normalize": (lambda v: isinstance(v, bool | dict | str), "true, false, a dict or a 'dict(...)' string"),
+    "policy": (lambda v: isinstance(v, str | type), "a policy name such as 'MlpPolicy'"),
+    "policy_kwargs": (lambda v: isinstance(v, dict | str), "a dict or a 'dict(...)' string"),
+}
+
+
+def check_hyperparameters(hyperparams: dict[str, Any], where: str = "hyperparameters") -> None:
+    """
+    Check one RL Zoo hyperparameter entry for NPG, before anything is created.
+
+    :param hyperparams: the entry as read from the YAML file (after ``--hyperparams`` overrides)
+    :param where: where the entry comes from, for the error message (e.g. ``"npg.yml[CartPole-v1]"``)
+    :raises ZooConfigError: one line, naming the first offending key
+    """
+    allowed = npg_arguments() | ZOO_KEYS
+    for key in hyperparams:
+        if key in SET_BY_ZOO:
+            raise ZooConfigError(f"{where}: '{key}' cannot be set in a hyperparameter file (RL Zoo passes it itself)")
+        if key not in allowed:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ZooConfigError(f"{where}: unknown NPG hyperparameter '{key}'{hint}")
+    if "policy" not in hyperparams:
+        raise ZooConfigError(f"{where}: missing required key 'policy' (e.g. policy: 'MlpPolicy')")
+    for key, value in hyperparams.items():
+        if key in _RANGES:
+            valid, allowed_values = _RANGES[key]
+            if not valid(value):
+                raise ZooConfigError(f"{where}: invalid {key}={value!r}, must be {allowed_values}")
+    if _is_int(hyperparams.get("batch_size")) and _is_int(hyperparams.get("n_steps")):
+        rollout = hyperparams["n_steps"] * hyperparams.get("n_envs", 1)
+        if hyperparams["batch_size"] > rollout:
+            raise ZooConfigError(
+                f"{where}: invalid batch_size={hyperparams['batch_size']}, must be <= n_steps * n_envs = {rollout}"
+            )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Optuna search space
+# --------------------------------------------------------------------------------------------------------
+
+
+def _suggest_one_minus_gamma(trial: Any) -> float:
+    return trial.suggest_float("one_minus_gamma", 1e-4, 0.1, log=True)
+
+
+def _suggest_normalize(trial: Any) -> bool:
+    return trial.suggest_categorical("normalize", [False, True])
+
+
+def sample_npg_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
+    """
+    RL Zoo sampler for NPG: one point of the search space, as NPG constructor arguments.
+
+    Searched: ``target_kl`` (the KL summed over action dimensions, so the range reaches 0.3 for
+    many-dimensional Box actions), ``cg_damping``, ``cg_max_steps``, ``n_steps``, ``batch_size``
+    (the critic's minibatch, capped at ``n_steps``), ``gamma``, ``gae_lambda``, ``learning_rate``
+    (the critic's), ``n_critic_updates``, ``net_arch``, ``activation_fn`` and ``normalize``
+    (``VecNormalize``; applied to the trial's envs by the wrapped ``ExperimentManager.objective``,
+    not returned here).
+
+    :param trial: the Optuna trial
+    :param n_actions: dimension of a Box action space (unused: the KL is already summed over dimensions)
+    :param n_envs: number of parallel environments (unused)
+    :param additional_args: RL Zoo's extra arguments (unused)
+    :return: keyword arguments for ``NPG``
+    """
+    params = {
+        "n_steps_pow": trial.suggest_int("n_steps_pow", 5, 12),
+        "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 10),
+        "one_minus_gamma": _suggest_one_minus_gamma(trial),
+        "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 1e-3, 0.2, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
+        "n_critic_updates": trial.suggest_int("n_critic_updates", 5, 30),
+        "cg_max_steps": trial.suggest_int("cg_max_steps", 5, 30),
+        "cg_damping": trial.suggest_float("cg_damping", 1e-3, 0.5, log=True),
+        "target_kl": trial.suggest_float("target_kl", 1e-3, 0.3, log=True),
+        "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
+        "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATIONS)),
+        "normalize": _suggest_normalize(trial),
+    }
+    hyperparams = convert_npg_params(params)
+    # Display the real values in the study
+    for key in ("gamma", "gae_lambda", "n_steps", "batch_size"):
+        trial.set_user_attr(key, hyperparams[key])
+    del hyperparams["normalize"]
+    return hyperparams
+
+
+def convert_npg_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
+    """
+    Sampled values (as stored in an Optuna study) -> RL Zoo hyperparameters for NPG.
+
+    Used by the sampler and by ``--trial-id``; ``normalize`` is kept, RL Zoo applies it to the envs.
+
+    :param sampled_params: ``trial.params`` of a study made with :func:`sample_npg_params`
+    :return: hyperparameters (``policy_kwargs`` holds the network and activation classes)
+    """
+    from torch import nn
+
+    params = dict(sampled_params)
+    hyperparams: dict[str, Any] = {}
+    if "one_minus_gamma" in params:
+        hyperparams["gamma"] = 1 - params.pop("one_minus_gamma")
+    if "one_minus_gae_lambda" in params:
+        hyperparams["gae_lambda"] = 1 - params.pop("one_minus_gae_lambda")
+    for name in ("n_steps", "batch_size"):
+        if f"{name}_pow" in params:
+            hyperparams[name] = 2 ** params.pop(f"{name}_pow")
+    if "n_steps" in hyperparams and "batch_size" in hyperparams:
+        # The critic's minibatch cannot exceed the rollout (n_steps * n_envs >= n_steps)
+        hyperparams["batch_size"] = min(hyperparams["batch_size"], hyperparams["n_steps"])
+    policy_kwargs: dict[str, Any] = {}
+    if "net_arch" in params:
+        policy_kwargs["net_arch"] = NET_ARCHS[params.pop("net_arch")]
+    if "activation_fn" in params:
+        policy_kwargs["activation_fn"] = {"tanh": nn.Tanh, "relu": nn.ReLU}[params.pop("activation_fn")]
+    if policy_kwargs:
+        hyperparams["policy_kwargs"] = policy_kwargs
+    hyperparams.update(params)
+    return hyperparams
+
+
+# --------------------------------------------------------------------------------------------------------
+# Registration
+# --------------------------------------------------------------------------------------------------------
+
+
+def _wrap_read_hyperparameters(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def read_hyperparameters(self: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        hyperparams, saved_hyperparams = original(self)
+        if self.algo == ALGO_NAME:
+            entry = self.env_name.gym_id
+            check_hyperparameters(hyperparams, where=f"{os.path.basename(str(self.config))} (entry for {entry})")
+        return hyperparams, saved_hyperparams
+
+    return read_hyperparameters
+
+
+def _wrap_setup_experiment(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def setup_experiment(self: Any) -> Any:
+        if self.algo != ALGO_NAME:
+            return original(self)
+        # The outermost folder of the run's path that this call will create (log folder, algo folder or run folder)
+        created: str | None = None
+        path = os.path.abspath(self.save_path)
+        while not os.path.exists(path):
+            created, path = path, os.path.dirname(path)
+        try:
+            return original(self)
+        except BaseException:
+            # Nothing half-written: remove what this call created
+            if created is not None and os.path.isdir(created):
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+
+    return setup_experiment
+
+
+def _wrap_objective(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def objective(self: Any, trial: Any) -> float:
+        if self.algo == ALGO_NAME:
+            if not hasattr(self, "_npg_base_normalize_kwargs"):
+                self._npg_base_normalize_kwargs = {k: v for k, v in self.normalize_kwargs.items() if k != "gamma"}
+            # Same names and distributions as in sample_npg_params: Optuna returns the same values there.
+            self.normalize = _suggest_normalize(trial)
+            gamma = 1 - _suggest_one_minus_gamma(trial)
+            self.normalize_kwargs = {**self._npg_base_normalize_kwargs, "gamma": gamma} if self.normalize else {}
+        return original(self, trial)
+
+    return objective
+
+
+def register() -> None:
+    """
+    Make ``--algo npg`` work in RL Zoo (training, tuning, ``--trial-id``, enjoy, videos, Hub). Idempotent.
+
+    :raises ImportError: if ``rl_zoo3`` or ``optuna`` is not installed (install the ``zoo`` extra)
+    """
+    _require_zoo()
+    import rl_zoo3
+    import rl_zoo3.utils
+    from rl_zoo3 import exp_manager, hyperparams_opt
+
+    rl_zoo3.utils.ALGOS[ALGO_NAME] = NPG
+    # rl_zoo3 re-exports the same dict object; keep both views in sync if that ever changes
+    rl_zoo3.ALGOS[ALGO_NAME] = NPG
+    hyperparams_opt.HYPERPARAMS_SAMPLER[ALGO_NAME] = sample_npg_params
+    hyperparams_opt.HYPERPARAMS_CONVERTER[ALGO_NAME] = convert_npg_params
+
+    manager = exp_manager.ExperimentManager
+    for name, wrap in (
+        ("read_hyperparameters", _wrap_read_hyperparameters),
+        ("setup_experiment", _wrap_setup_experiment),
+        ("objective", _wrap_objective),
+    ):
+        method = getattr(manager, name)
+        if not getattr(method, _WRAPPED_MARKER, False):
+            wrapped = wrap(method)
+            setattr(wrapped, _WRAPPED_MARKER, True)
+            setattr(manager, name, wrapped)
+
+
+def is_registered() -> bool:
+    """Whether :func:`register` has run in this process (without importing RL Zoo if it has not)."""
+    import sys
+
+    utils = sys.modules.get("rl_zoo3.utils")
+    return utils is not None and getattr(utils, "ALGOS", {}).get(ALGO_NAME) is NPG
+
+
+def with_default_arguments(argv: list[str], defaults: dict[str, list[str]]) -> list[str]:
+    """
+    Prepend default options to a command line unless the user gave them.
+
+    :param argv: the command line arguments (without the program name)
+    :param defaults: option spellings (comma-separated, e.g. ``"-f,--folder"``) -> the arguments to add
+    :return: the command line with the missing defaults first
+    """
+    prefix: list[str] = []
+    for spellings, arguments in defaults.items():
+        names = spellings.split(",")
+        given = any(arg == name or arg.startswith(name + "=") for arg in argv for name in names)
+        if not given:
+            prefix.extend(arguments)
+    return prefix + list(argv)
+
+
+def algo_of(argv: list[str], default: str = ALGO_NAME) -> str:
+    """
+    The value of ``--algo`` in a command line.
+
+    :param argv: the command line arguments
+    :param default: returned when ``--algo`` is absent
+    :return: the algorithm name
+    """
+    for index, arg in enumerate(argv):
+        if arg == "--algo" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--algo="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running RL Zoo's own scripts
+# --------------------------------------------------------------------------------------------------------
+
+# Errors that come from the user's input (command line, YAML, files): reported in one line, no traceback.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, AssertionError, FileNotFoundError, KeyError)
+
+
+def run_zoo_script(
+    prog: str,
+    module: str,
+    function: str | None,
+    argv: list[str] | None,
+    defaults: dict[str, list[str]] | None = None,
+) -> int:
+    """
+    Register NPG, then run one of RL Zoo's command-line scripts with ``argv``.
+
+    :param prog: program name shown in messages (e.g. ``"python -m sb3_npg.train"``)
+    :param module: the RL Zoo module (``"rl_zoo3.train"``)
+    :param function: the function to call in it, or ``None`` for scripts whose parser only exists under
+        ``if __name__ == "__main__"`` (run as ``__main__`` with :mod:`runpy`)
+    :param argv: the command line arguments (``None``: ``sys.argv[1:]``)
+    :param defaults: options added when absent, see :func:`with_default_arguments`
+    :return: the exit status: 0, or 2 for an input error (reported in one line on stderr; set the environment
+        variable ``SB3_NPG_DEBUG=1`` for the traceback)
+    """
+    import importlib
+    import runpy
+    import sys
+
+    register()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if defaults:
+        argv = with_default_arguments(argv, defaults)
+    saved_argv = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        if function is None:
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+        else:
+            getattr(importlib.import_module(module), function)()
+    except INPUT_ERRORS as error:
+        if os.environ.get("SB3_NPG_DEBUG"):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        if isinstance(error, KeyError):
+            message = f"missing key {message}"
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved_argv
+    return 0
