@@ -1,0 +1,343 @@
+"""
+Reward benchmark: NPG against TRPO, PPO and A2C through the same RL Zoo pipeline.
+
+Every (algo, env, seed) is one ``rl_zoo3 train`` run (``benchmarks/zoo_run.py``, in its own process):
+NPG with the shipped ``sb3_npg/hyperparams/npg.yml``, the others with the RL Zoo's own
+hyperparameters, all for the same number of steps on a given env. After training, the saved model is
+evaluated over 10 deterministic episodes (``VecNormalize`` statistics loaded as ``rl_zoo3 enjoy`` does).
+
+Outputs (full mode, default paths):
+
+- ``benchmarks/results/rewards.jsonl``: one JSON line per finished run (algo, env, seed, steps,
+  final_mean_return, wall_time_s, train_time_s, the learning curve, hyperparameters, date, machine);
+- ``benchmarks/results/curves_<group>.png``: learning curves, mean ± std over seeds;
+- ``benchmarks/results/summary.md``: the results table.
+
+Resumable: a run is appended to the results file as soon as it finishes, and runs already in the file
+are skipped. Killing the script loses at most the runs in progress (their log folders are cleared and
+they start over on the next call). Usage::
+
+    python benchmarks/rewards.py --quick                       # minutes: 2 envs, 4 algos, 1 seed, 1e4 steps
+    nice -n 10 python benchmarks/rewards.py --envs classic     # 1e5 steps, seeds 0 1 2
+    nice -n 10 python benchmarks/rewards.py                    # everything (classic, box2d, mujoco)
+    python benchmarks/rewards.py --plot-only                   # redraw the figures and the table
+"""
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+#: env -> (group, number of steps). Classic control at 1e5; Box2D at TRPO's Zoo budgets; MuJoCo at 1e6.
+BUDGETS: dict[str, tuple[str, int]] = {
+    "CartPole-v1": ("classic", 100_000),
+    "Pendulum-v1": ("classic", 100_000),
+    "Acrobot-v1": ("classic", 100_000),
+    "LunarLander-v3": ("box2d", 200_000),
+    "LunarLanderContinuous-v3": ("box2d", 100_000),
+    "HalfCheetah-v5": ("mujoco", 1_000_000),
+    "Hopper-v5": ("mujoco", 1_000_000),
+    "Walker2d-v5": ("mujoco", 1_000_000),
+}
+GROUPS = ("classic", "box2d", "mujoco")
+ALGOS = ("npg", "trpo", "ppo", "a2c")
+QUICK_ENVS = ("CartPole-v1", "Pendulum-v1")
+QUICK_STEPS = 10_000
+
+RunKey = tuple[str, str, int, int]  # algo, env, seed, steps
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    import stable_baselines3
+    import torch
+
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sb3": stable_baselines3.__version__,
+        "torch_threads": 1,
+    }
+
+
+def expand_envs(names: Iterable[str]) -> list[str]:
+    """Env ids, with group names (classic, box2d, mujoco) expanded."""
+    envs: list[str] = []
+    for name in names:
+        members = [env for env, (group, _) in BUDGETS.items() if group == name] if name in GROUPS else [name]
+        envs.extend(env for env in members if env not in envs)
+    return envs
+
+
+def read_results(path: pathlib.Path) -> list[dict[str, Any]]:
+    """All complete lines of a results file (a line cut by a kill is ignored)."""
+    if not path.is_file():
+        return []
+    results = []
+    for line in path.read_text().splitlines():
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return results
+
+
+def append_result(path: pathlib.Path, result: dict[str, Any]) -> None:
+    """Append one run, flushed to disk before returning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as file:
+        file.write(json.dumps(result) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+class Runner:
+    """Launches ``zoo_run.py`` processes and keeps track of them so that they can be stopped together."""
+
+    def __init__(self, log_root: pathlib.Path, eval_freq: int, verbose: int) -> None:
+        self.log_root = log_root
+        self.eval_freq = eval_freq
+        self.verbose = verbose
+        self.processes: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+
+    def run_dir(self, key: RunKey) -> pathlib.Path:
+        algo, env, seed, steps = key
+        return self.log_root / algo / env / f"seed{seed}_{steps}"
+
+    def __call__(self, key: RunKey) -> dict[str, Any]:
+        algo, env, seed, steps = key
+        run_dir = self.run_dir(key)
+        finished = run_dir / "result.json"
+        if finished.is_file():  # finished, but the previous call was killed before recording it
+            return json.loads(finished.read_text())
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over
+        run_dir.mkdir(parents=True)
+        command = [sys.executable, str(HERE / "zoo_run.py"), "--algo", algo, "--env", env, "--seed", str(seed)]
+        command += ["--n-timesteps", str(steps), "--log-folder", str(run_dir), "--eval-freq", str(self.eval_freq)]
+        start = time.perf_counter()
+        with open(run_dir / "output.log", "w") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            with self.lock:
+                self.processes.add(process)
+            returncode = process.wait()
+            with self.lock:
+                self.processes.discard(process)
+        if returncode != 0 or not finished.is_file():
+            tail = (run_dir / "output.log").read_text().strip().splitlines()[-5:]
+            raise RuntimeError(f"{algo} {env} seed {seed} failed (exit {returncode}):\n  " + "\n  ".join(tail))
+        result = json.loads(finished.read_text())
+        result["wall_time_s"] = round(time.perf_counter() - start, 2)
+        return result
+
+    def stop(self) -> None:
+        with self.lock:
+            for process in self.processes:
+                process.terminate()
+
+
+def run_all(
+    keys: list[RunKey], results_path: pathlib.Path, runner: Runner, jobs: int, info: dict[str, Any]
+) -> tuple[int, list[str]]:
+    """Run every key not yet in the results file, ``jobs`` at a time; returns (runs done, failures)."""
+    from tqdm import tqdm
+
+    done = {(r["algo"], r["env"], r["seed"], r["steps"]) for r in read_results(results_path)}
+    pending = [key for key in keys if key not in done]
+    print(f"{len(keys)} runs, {len(keys) - len(pending)} already in {results_path}, {len(pending)} to do")
+    failures: list[str] = []
+    if not pending:
+        return 0, failures
+    bar = tqdm(total=sum(key[3] for key in pending), unit="step", unit_scale=True, dynamic_ncols=True, smoothing=0.0)
+    running: dict[Future, RunKey] = {}
+    queue = collections.deque(pending)
+    finished = 0
+
+    def describe() -> str:
+        return ", ".join(f"{a}/{e}/s{s}" for a, e, s, _ in running.values())
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            while queue or running:
+                while queue and len(running) < jobs:
+                    key = queue.popleft()
+                    running[pool.submit(runner, key)] = key
+                bar.set_postfix_str(describe())
+                completed, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in completed:
+                    key = running.pop(future)
+                    bar.update(key[3])
+                    try:
+                        result = future.result()
+                    except Exception as error:
+                        failures.append(str(error))
+                        bar.write(f"FAILED {error}")
+                        continue
+                    result.setdefault("wall_time_s", None)
+                    result.update(info, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                    append_result(results_path, result)
+                    finished += 1
+                    bar.write(
+                        f"{key[0]:>5} {key[1]:<25} seed {key[2]}: {result['final_mean_return']:9.1f}"
+                        f"  ({result['train_time_s']:.0f} s training)"
+                    )
+        except BaseException:
+            queue.clear()
+            runner.stop()
+            raise
+        finally:
+            bar.close()
+    return finished, failures
+
+
+def group_results(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Runs by (env, algo), one per seed (the latest line wins), sorted by seed."""
+    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for result in results:
+        latest[(result["env"], result["algo"], result["seed"])] = result
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
+    for (env, algo, _), result in sorted(latest.items()):
+        grouped[(env, algo)].append(result)
+    return grouped
+
+
+def plot_curves(results: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """One figure per env group: for each env and algo, mean ± std over seeds of the evaluation return."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = group_results(results)
+    envs = [env for env in BUDGETS if any(key[0] == env for key in grouped)]
+    envs += sorted({env for env, _ in grouped} - set(envs))
+    colors = {"npg": "tab:red", "trpo": "tab:blue", "ppo": "tab:green", "a2c": "tab:orange"}
+    figures = []
+    for group in (*GROUPS, "other"):
+        members = [env for env in envs if BUDGETS.get(env, ("other", 0))[0] == group]
+        if not members:
+            continue
+        fig, axes = plt.subplots(1, len(members), figsize=(4.2 * len(members), 3.4), squeeze=False)
+        for ax, env in zip(axes[0], members, strict=True):
+            for algo in sorted({a for e, a in grouped if e == env}, key=lambda a: (a not in ALGOS, a)):
+                runs = [r for r in grouped[(env, algo)] if r["curve_steps"]]
+                if not runs:
+                    continue
+                grid = np.array(runs[0]["curve_steps"], dtype=float)
+                curves = np.array([np.interp(grid, r["curve_steps"], r["curve_returns"]) for r in runs])
+                mean, std = curves.mean(axis=0), curves.std(axis=0)
+                color = colors.get(algo)
+                ax.plot(grid, mean, color=color, label=f"{algo.upper()} ({len(runs)})")
+                ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2)
+            ax.set_title(env)
+            ax.set_xlabel("environment steps")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("evaluation return")
+        axes[0][-1].legend(loc="lower right", fontsize="small")
+        fig.tight_layout()
+        path = out_dir / f"curves_{group}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        figures.append(path)
+    return figures
+
+
+def summary_table(results: list[dict[str, Any]]) -> str:
+    """Markdown table: mean ± std over seeds of the final return, per-seed values, NPG - TRPO."""
+    grouped = group_results(results)
+    envs = [env for env in BUDGETS if any(key[0] == env for key in grouped)]
+    envs += sorted({env for env, _ in grouped} - set(envs))
+    algos = [a for a in ALGOS if any(key[1] == a for key in grouped)]
+    algos += sorted({a for _, a in grouped} - set(algos))
+    header = "| env | steps | " + " | ".join(a.upper() for a in algos) + " | NPG - TRPO |"
+    lines = [header, "|" + "---|" * (len(algos) + 3)]
+    for env in envs:
+        steps = sorted({r["steps"] for a in algos for r in grouped.get((env, a), [])})
+        cells, means = [], {}
+        for algo in algos:
+            runs = grouped.get((env, algo), [])
+            if not runs:
+                cells.append("-")
+                continue
+            values = [r["final_mean_return"] for r in runs]
+            means[algo] = float(np.mean(values))
+            per_seed = " / ".join(f"{v:.0f}" for v in values)
+            cells.append(f"**{np.mean(values):.0f}** ± {np.std(values):.0f} <br><sub>{per_seed}</sub>")
+        diff = f"{means['npg'] - means['trpo']:+.0f}" if {"npg", "trpo"} <= means.keys() else "-"
+        lines.append(f"| {env} | {'/'.join(f'{s:.0e}' for s in steps)} | " + " | ".join(cells) + f" | {diff} |")
+    times = []
+    for algo in algos:
+        per_algo = [r["train_time_s"] for (e, a), runs in grouped.items() if a == algo for r in runs if e in envs]
+        if per_algo:
+            times.append(f"{algo.upper()} {np.mean(per_algo):.0f} s")
+    lines.append("")
+    lines.append("Mean train time per run (all envs above): " + ", ".join(times) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK_ENVS)}, seed 0, {QUICK_STEPS} steps")
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), help="default: %(default)s")
+    parser.add_argument("--envs", nargs="+", default=None, help=f"env ids or groups {GROUPS} (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (quick: 0)")
+    parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="override every env's budget")
+    parser.add_argument("--eval-freq", type=int, default=-1, help="steps between curve evaluations (-1: budget / 10)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each uses one thread)")
+    parser.add_argument("--results", type=pathlib.Path, default=None, help="JSON-lines results file")
+    parser.add_argument("--log-root", type=pathlib.Path, default=None, help="RL Zoo log folders of the runs")
+    parser.add_argument("--plot-only", action="store_true", help="only redraw the figures and the table")
+    args = parser.parse_args()
+
+    out_dir = HERE / "logs" / "quick" if args.quick else HERE / "results"
+    results_path = args.results or out_dir / "rewards.jsonl"
+    out_dir = results_path.parent
+    log_root = args.log_root or HERE / "logs" / ("quick" if args.quick else "runs")
+    envs = expand_envs(args.envs or (QUICK_ENVS if args.quick else GROUPS))
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    unknown = [env for env in envs if env not in BUDGETS and args.n_timesteps is None]
+    if unknown:
+        parser.error(f"no default budget for {unknown}: pass --n-timesteps")
+
+    failures: list[str] = []
+    if not args.plot_only:
+        budget = {env: args.n_timesteps or (QUICK_STEPS if args.quick else BUDGETS[env][1]) for env in envs}
+        keys = [(algo, env, seed, budget[env]) for env in envs for seed in seeds for algo in args.algos]
+        runner = Runner(log_root, args.eval_freq, verbose=0)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on `kill` as on Ctrl-C
+        _, failures = run_all(keys, results_path, runner, args.jobs, {"machine": machine()})
+
+    results = read_results(results_path)
+    if results:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for figure in plot_curves(results, out_dir):
+            print(f"wrote {figure}")
+        table = summary_table(results)
+        (out_dir / "summary.md").write_text(table)
+        print(table)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""
+Train one (algo, env, seed) through the RL Zoo pipeline, evaluate it, and write ``result.json``.
+
+This is the unit of work of ``benchmarks/rewards.py``, run in its own process::
+
+    python benchmarks/zoo_run.py --algo npg --env CartPole-v1 --seed 0 --n-timesteps 100000 \
+        --log-folder benchmarks/logs/npg/CartPole-v1/seed0
+
+It is ``rl_zoo3 train`` (with NPG registered through :mod:`sb3_npg.zoo`) plus three things the Zoo does
+not do itself: it times ``model.learn`` (the train time), it evaluates the saved model the way
+``rl_zoo3 enjoy`` loads it (``VecNormalize`` statistics included) over deterministic episodes, and it
+writes everything a results table needs into ``<log-folder>/result.json``. ``result.json`` is written
+last, only after a complete run: its presence means the run finished.
+
+Hyperparameters: NPG reads the shipped ``sb3_npg/hyperparams/npg.yml``; the other algorithms read the
+RL Zoo's own files. An env missing from a file but present there as ``-v4`` (the Zoo's MuJoCo entries
+for TRPO, PPO and A2C) is trained with that ``-v4`` entry, unchanged, and the result says so.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import yaml
+
+
+def zoo_config(algo: str) -> pathlib.Path:
+    """The hyperparameter file used for ``algo``: NPG's shipped one, else the RL Zoo's own."""
+    if algo == "npg":
+        import sb3_npg
+
+        return pathlib.Path(sb3_npg.__file__).parent / "hyperparams" / "npg.yml"
+    import rl_zoo3
+
+    return pathlib.Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml"
+
+
+def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathlib.Path, str]:
+    """
+    The config file to pass to the Zoo and the entry it will use for ``env_id``.
+
+    If the env has no entry but its ``-v4`` sibling has one, a copy of the file with that entry under
+    the requested name is written into ``run_dir`` (same settings, nothing else changed).
+    """
+    config = zoo_config(algo)
+    with open(config) as file:
+        entries = yaml.safe_load(file)
+    if env_id in entries:
+        return config, env_id
+    name, _, version = env_id.rpartition("-v")
+    sibling = f"{name}-v4"
+    if version != "4" and sibling in entries:
+        copied = {env_id: entries[sibling]}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        patched = run_dir / f"{algo}_{env_id}.yml"
+        with open(patched, "w") as file:
+            yaml.safe_dump(copied, file)
+        return patched, sibling
+    raise KeyError(f"{config} has no entry for {env_id} (nor {sibling})")
+
+
+def register_npg() -> None:
+    """Add NPG to the RL Zoo (``sb3_npg.zoo.register``, idempotent)."""
+    if importlib.util.find_spec("sb3_npg.zoo") is None:
+        raise RuntimeError("sb3_npg.zoo (the RL Zoo bridge) is not available in this checkout")
+    from sb3_npg.zoo import register
+
+    register()
+
+
+def evaluate_saved(algo: str, env_id: str, save_path: str, params_path: str, n_episodes: int, seed: int) -> list[float]:
+    """Load the saved model and its env statistics as ``rl_zoo3 enjoy`` does; returns per-episode returns."""
+    from rl_zoo3.exp_manager import ExperimentManager
+    from rl_zoo3.utils import ALGOS, create_test_env, get_saved_hyperparams
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    hyperparams, stats_path = get_saved_hyperparams(params_path, norm_reward=False, test_mode=True)
+    env = create_test_env(
+        env_id,
+        n_envs=1,
+        stats_path=stats_path,
+        seed=seed,
+        should_render=False,
+        hyperparams=hyperparams,
+        vec_env_cls=ExperimentManager.default_vec_env_cls,
+    )
+    model = ALGOS[algo].load(os.path.join(save_path, f"{env_id}.zip"), device="cpu", custom_objects={"learning_rate": 0.0})
+    returns, _ = evaluate_policy(model, env, n_eval_episodes=n_episodes, deterministic=True, return_episode_rewards=True)
+    env.close()
+    return [float(r) for r in returns]
+
+
+def learning_curve(save_path: str) -> tuple[list[int], list[float]]:
+    """Mean return of each periodic evaluation (``evaluations.npz`` written by the Zoo's EvalCallback)."""
+    path = os.path.join(save_path, "evaluations.npz")
+    if not os.path.isfile(path):
+        return [], []
+    data = np.load(path)
+    return [int(t) for t in data["timesteps"]], [float(r) for r in data["results"].mean(axis=1)]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--algo", required=True)
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--n-timesteps", type=int, required=True)
+    parser.add_argument("--log-folder", required=True)
+    parser.add_argument("--eval-freq", type=int, default=-1, help="steps between curve evaluations (-1: n_timesteps / 10)")
+    parser.add_argument("--curve-episodes", type=int, default=5, help="episodes per curve evaluation")
+    parser.add_argument("--final-episodes", type=int, default=10, help="deterministic episodes of the final evaluation")
+    parser.add_argument("--verbose", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch as th
+
+    th.set_num_threads(1)
+    import rl_zoo3.train
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    run_dir = pathlib.Path(args.log_folder)
+    if args.algo == "npg":
+        register_npg()
+    config, entry = resolve_config(args.algo, args.env, run_dir)
+    eval_freq = args.eval_freq if args.eval_freq > 0 else max(args.n_timesteps // 10, 1)
+
+    timing: dict[str, Any] = {}
+    original_learn = ExperimentManager.learn
+
+    def timed_learn(self: ExperimentManager, model: Any) -> None:
+        start = time.perf_counter()
+        original_learn(self, model)
+        timing.update(
+            train_time_s=time.perf_counter() - start,
+            num_timesteps=int(model.num_timesteps),
+            save_path=self.save_path,
+            params_path=self.params_path,
+            skipped_updates=getattr(model, "skipped_updates", None),
+        )
+
+    ExperimentManager.learn = timed_learn  # type: ignore[method-assign]
+    zoo_argv = [
+        "rl_zoo3.train",
+        *("--algo", args.algo, "--env", args.env, "--seed", str(args.seed)),
+        *("-n", str(args.n_timesteps), "-f", str(run_dir), "--conf-file", str(config)),
+        *("--eval-freq", str(eval_freq), "--eval-episodes", str(args.curve_episodes), "--n-eval-envs", "1"),
+        *("--num-threads", "1", "--device", "cpu", "--verbose", str(args.verbose)),
+    ]
+    start = time.perf_counter()
+    sys.argv = zoo_argv
+    rl_zoo3.train.train()
+    if timing.get("num_timesteps", 0) < args.n_timesteps:
+        raise RuntimeError(f"training stopped early at {timing.get('num_timesteps')} of {args.n_timesteps} steps")
+
+    returns = evaluate_saved(
+        args.algo, args.env, timing["save_path"], timing["params_path"], args.final_episodes, seed=10_000 + args.seed
+    )
+    steps, curve = learning_curve(timing["save_path"])
+    with open(os.path.join(timing["params_path"], "config.yml")) as file:
+        saved = yaml.load(file, Loader=yaml.UnsafeLoader)
+    hyperparams = {str(key): str(value) for key, value in (saved.items() if isinstance(saved, dict) else saved)}
+    result = {
+        "algo": args.algo,
+        "env": args.env,
+        "seed": args.seed,
+        "steps": timing["num_timesteps"],
+        "final_mean_return": float(np.mean(returns)),
+        "final_std_return": float(np.std(returns)),
+        "final_returns": returns,
+        "train_time_s": round(timing["train_time_s"], 2),
+        "run_time_s": round(time.perf_counter() - start, 2),
+        "skipped_updates": timing["skipped_updates"],
+        "config": str(config.name if config.parent != run_dir else config),
+        "config_entry": entry,
+        "hyperparams": hyperparams,
+        "curve_steps": steps,
+        "curve_returns": curve,
+        "command": " ".join(zoo_argv),
+    }
+    with open(run_dir / "result.json.tmp", "w") as file:
+        json.dump(result, file)
+    os.replace(run_dir / "result.json.tmp", run_dir / "result.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()
