@@ -8,7 +8,7 @@ Run as ``__main__`` (RL Zoo builds its parser there) with NPG registered; defaul
 
 import sys
 
-from sb3_npg.zoo import ALGO_NAME, run_zoo_script
+from sb3_npg.zoo import ALGO_NAME, hub_compatibility, run_zoo_script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     :return: exit status
     """
     defaults = {"--algo": ["--algo", ALGO_NAME]}
+    hub_compatibility()
     return run_zoo_script("python -m sb3_npg.push_to_hub", "rl_zoo3.push_to_hub", None, argv, defaults)
 
 

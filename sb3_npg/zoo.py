@@ -436,3 +436,25 @@ def run_zoo_script(
     finally:
         sys.argv = saved_argv
     return 0
+
+
+def hub_compatibility() -> None:
+    """
+    Let ``rl_zoo3.push_to_hub`` import with ``sb3-team-hf-integration`` >= 3 (``huggingface_sb3``).
+
+    rl_zoo3 2.9.2 imports ``huggingface_sb3.push_to_hub.generate_metadata``, which version 3 renamed to
+    ``_generate_metadata`` (returning a ``ModelCardData`` instead of a dict). Adds the old name back
+    (returning a dict) when it is missing; does nothing otherwise.
+    """
+    import importlib
+
+    # (the package's attribute "push_to_hub" is a function of that module, hence import_module)
+    hf_push_to_hub = importlib.import_module("huggingface_sb3.push_to_hub")
+    if hasattr(hf_push_to_hub, "generate_metadata") or not hasattr(hf_push_to_hub, "_generate_metadata"):
+        return
+
+    def generate_metadata(model_name: str, env_id: str, mean_reward: float, std_reward: float) -> dict[str, Any]:
+        card_data = hf_push_to_hub._generate_metadata(model_name, env_id, mean_reward, std_reward)
+        return card_data.to_dict() if hasattr(card_data, "to_dict") else dict(card_data)
+
+    hf_push_to_hub.generate_metadata = generate_metadata  # type: ignore[attr-defined]
