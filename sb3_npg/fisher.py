@@ -34,9 +34,12 @@ from stable_baselines3.common.distributions import (
     kl_divergence,
     sum_independent_dims,
 )
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.torch_layers import MlpExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
+
+from sb3_npg.mlp import LinearChain
 
 FISHER_BACKENDS = ("gauss_newton", "hessian", "empirical")
 
@@ -125,17 +128,31 @@ def conjugate_gradient(
     return CGSolution(x, residual)
 
 
+def distribution_outputs(distribution: Distribution) -> list[th.Tensor]:
+    """
+    The parameters of an SB3 action distribution, differentiable with respect to the actor, each ``(batch, k)``.
+
+    * categorical, multi-categorical (one tensor per part) and Bernoulli: logits;
+    * diagonal Gaussian, squashed Gaussian and gSDE: mean and log standard deviation.
+    """
+    if isinstance(distribution, CategoricalDistribution | BernoulliDistribution):
+        return [distribution.distribution.logits]
+    if isinstance(distribution, MultiCategoricalDistribution):
+        return [part.logits for part in distribution.distribution]
+    if isinstance(distribution, DiagGaussianDistribution | StateDependentNoiseDistribution):
+        return [distribution.distribution.loc, distribution.distribution.scale.log()]
+    raise NotImplementedError(f"No analytic Fisher for {type(distribution).__name__}")
+
+
 class OutputFisher(NamedTuple):
     """
-    The action distribution expressed through its parameter tensors ("outputs"), with its Fisher.
+    The Fisher of an action distribution in its parameters (see :func:`distribution_outputs`), per sample.
 
-    :param outputs: distribution parameters, each ``(batch, k)``, differentiable w.r.t. the actor
-    :param metric: ``u -> M u``, the Fisher of the distribution in those parameters, per sample
-    :param scores: per-sample ``d log pi(a|s) / d outputs`` (only when actions were given)
+    :param metric: ``u -> M u``
+    :param scores: ``d log pi(a|s) / d outputs`` of the taken actions (only when actions were given)
     """
 
-    outputs: list[th.Tensor]
-    metric: Callable[[list[th.Tensor]], list[th.Tensor]]
+    metric: Callable[[Sequence[th.Tensor]], list[th.Tensor]]
     scores: list[th.Tensor] | None
 
 
@@ -145,57 +162,214 @@ def _categorical_metric(probabilities: th.Tensor, tangent: th.Tensor) -> th.Tens
     return weighted - probabilities * weighted.sum(dim=-1, keepdim=True)
 
 
+def _categorical_score(probabilities: th.Tensor, actions: th.Tensor) -> th.Tensor:
+    """``d log p_a / d logits = onehot(a) - p``"""
+    return nn.functional.one_hot(actions.long(), probabilities.shape[-1]).to(probabilities.dtype) - probabilities
+
+
 def output_fisher(distribution: Distribution, actions: th.Tensor | None = None) -> OutputFisher:
     """
-    Distribution parameters and their analytic Fisher for every SB3 action distribution.
+    The analytic Fisher of an SB3 action distribution at its current parameters, and the scores of ``actions``.
 
-    * categorical (and each part of a multi-categorical): logits, ``M = diag(p) - p p^T``;
-    * Bernoulli: logits, ``M = diag(p (1 - p))``;
-    * diagonal Gaussian, squashed Gaussian and gSDE: mean and log standard deviation,
-      ``M = diag(1 / sigma^2)`` on the mean and ``2`` on the log standard deviation.
+    * categorical (and each part of a multi-categorical): ``M = diag(p) - p p^T``, score ``onehot(a) - p``;
+    * Bernoulli: ``M = diag(p (1 - p))``, score ``a - p``;
+    * diagonal Gaussian, squashed Gaussian and gSDE, in mean and log standard deviation:
+      ``M = diag(1 / sigma^2)`` and ``2``, scores ``(y - mu) / sigma^2`` and ``(y - mu)^2 / sigma^2 - 1``
+      (``y`` the action before squashing).
 
     :param distribution: the distribution returned by ``policy.get_distribution``
-    :param actions: actions taken; when given, the per-sample scores are computed too
-    :return: outputs, metric and scores
+    :param actions: actions taken; when given, their scores are computed too
+    :return: metric and scores
     """
-    metric: Callable[[list[th.Tensor]], list[th.Tensor]]
-    # log_prob is a function of ``primary``; ``outputs`` are the same up to an elementwise change of variables
-    # whose derivative is ``chain`` (the Gaussian's log standard deviation), so scores = chain * d log_prob / d primary.
-    chain: list[th.Tensor | None]
-    if isinstance(distribution, CategoricalDistribution | BernoulliDistribution):
-        logits = distribution.distribution.logits
+    metric: Callable[[Sequence[th.Tensor]], list[th.Tensor]]
+    scores = None
+    if isinstance(distribution, CategoricalDistribution):
         probabilities = distribution.distribution.probs.detach()
-        outputs = primary = [logits]
-        chain = [None]
-        if isinstance(distribution, CategoricalDistribution):
-            metric = lambda tangent: [_categorical_metric(probabilities, tangent[0])]  # noqa: E731
-        else:
-            metric = lambda tangent: [probabilities * (1 - probabilities) * tangent[0]]  # noqa: E731
+        metric = lambda tangent: [_categorical_metric(probabilities, tangent[0])]  # noqa: E731
+        if actions is not None:
+            scores = [_categorical_score(probabilities, actions)]
+    elif isinstance(distribution, BernoulliDistribution):
+        probabilities = distribution.distribution.probs.detach()
+        metric = lambda tangent: [probabilities * (1 - probabilities) * tangent[0]]  # noqa: E731
+        if actions is not None:
+            scores = [actions - probabilities]
     elif isinstance(distribution, MultiCategoricalDistribution):
-        outputs = primary = [part.logits for part in distribution.distribution]
-        chain = [None] * len(outputs)
-        part_probabilities = [part.probs.detach() for part in distribution.distribution]
-        metric = lambda tangent: [  # noqa: E731
-            _categorical_metric(p, u) for p, u in zip(part_probabilities, tangent, strict=True)
-        ]
+        parts = [part.probs.detach() for part in distribution.distribution]
+        metric = lambda tangent: [_categorical_metric(p, u) for p, u in zip(parts, tangent, strict=True)]  # noqa: E731
+        if actions is not None:
+            scores = [_categorical_score(p, a) for p, a in zip(parts, actions.unbind(dim=1), strict=True)]
     elif isinstance(distribution, DiagGaussianDistribution | StateDependentNoiseDistribution):
-        normal = distribution.distribution
-        primary = [normal.loc, normal.scale]
-        outputs = [normal.loc, normal.scale.log()]
-        chain = [None, normal.scale.detach()]
-        precision = normal.scale.detach() ** -2
+        mean = distribution.distribution.loc.detach()
+        std = distribution.distribution.scale.detach()
+        precision = std**-2
         metric = lambda tangent: [precision * tangent[0], 2.0 * tangent[1]]  # noqa: E731
+        if actions is not None:
+            bijector = getattr(distribution, "bijector", None)
+            deviation = (actions if bijector is None else bijector.inverse(actions)) - mean
+            scores = [deviation * precision, deviation**2 * precision - 1]
     else:
         raise NotImplementedError(f"No analytic Fisher for {type(distribution).__name__}")
-    scores = None
-    if actions is not None:
-        log_prob = distribution.log_prob(actions)
-        primary_scores = th.autograd.grad(log_prob.sum(), primary, retain_graph=True)
-        scores = [
-            score.detach() if factor is None else score.detach() * factor
-            for score, factor in zip(primary_scores, chain, strict=True)
-        ]
-    return OutputFisher(outputs, metric, scores)
+    return OutputFisher(metric, scores)
+
+
+class PolicyJacobian(ABC):
+    """
+    The Jacobian ``J`` of the distribution outputs (see :func:`distribution_outputs`) with respect to the
+    actor parameters, on a batch, as products only.
+
+    :param parameters: the actor parameters, the coordinates of the flat vectors
+    :param n_samples: the batch size
+    """
+
+    def __init__(self, parameters: Sequence[nn.Parameter], n_samples: int):
+        self.parameters = list(parameters)
+        self.n_samples = n_samples
+
+    @abstractmethod
+    def jvp(self, vector: th.Tensor) -> list[th.Tensor]:
+        """:return: ``J v``, one tensor per distribution output"""
+
+    @abstractmethod
+    def vjp(self, output_vectors: Sequence[th.Tensor]) -> th.Tensor:
+        """:return: ``J^T u`` as a flat vector over the actor parameters"""
+
+    @abstractmethod
+    def gram(self, output_gradients: Sequence[th.Tensor]) -> th.Tensor:
+        """:return: ``G G^T`` where row i of ``G`` is ``J_i^T u_i`` (the per-sample gradients)"""
+
+
+class AutogradJacobian(PolicyJacobian):
+    """
+    Any policy: one forward graph, reused for every product.
+
+    ``J v`` is the derivative of ``J^T w`` (linear in a dummy ``w``) in the direction ``v`` (the double-vjp
+    trick); ``J^T u`` is an ordinary backward pass. No second-order graph of the KL is built.
+    """
+
+    def __init__(self, policy: ActorCriticPolicy, parameters: Sequence[nn.Parameter], observations: PyTorchObs):
+        self._outputs = distribution_outputs(policy.get_distribution(observations))
+        super().__init__(parameters, self._outputs[0].shape[0])
+        self._dummies = [th.zeros_like(output, requires_grad=True) for output in self._outputs]
+        self._transposed = th.autograd.grad(
+            self._outputs, self.parameters, grad_outputs=self._dummies, create_graph=True, materialize_grads=True
+        )
+
+    def jvp(self, vector: th.Tensor) -> list[th.Tensor]:
+        return list(
+            th.autograd.grad(
+                self._transposed,
+                self._dummies,
+                grad_outputs=unflatten(vector, self.parameters),
+                retain_graph=True,
+                materialize_grads=True,
+            )
+        )
+
+    def vjp(self, output_vectors: Sequence[th.Tensor]) -> th.Tensor:
+        return flatten(
+            th.autograd.grad(
+                self._outputs, self.parameters, grad_outputs=list(output_vectors), retain_graph=True, materialize_grads=True
+            )
+        )
+
+    def gram(self, output_gradients: Sequence[th.Tensor]) -> th.Tensor:
+        # Forms the N x P matrix of per-sample gradients with one batched backward pass
+        eye = th.eye(self.n_samples, dtype=output_gradients[0].dtype, device=output_gradients[0].device)
+        rows = th.autograd.grad(
+            self._outputs,
+            self.parameters,
+            grad_outputs=[eye.unsqueeze(-1) * u.unsqueeze(0) for u in output_gradients],
+            retain_graph=True,
+            is_grads_batched=True,
+            materialize_grads=True,
+        )
+        per_sample = th.cat([row.reshape(self.n_samples, -1) for row in rows], dim=1)
+        return per_sample @ per_sample.T
+
+
+class MLPJacobian(PolicyJacobian):
+    """
+    SB3's ``MlpPolicy`` actor (parameter-free features, ``policy_net`` then ``action_net``, and a
+    state-independent ``log_std`` for Gaussians): hand-derived products on the cached activations.
+    Build it with :meth:`for_policy`, which says ``None`` when the policy is not of that form.
+    """
+
+    def __init__(
+        self,
+        parameters: Sequence[nn.Parameter],
+        chain: LinearChain,
+        features: th.Tensor,
+        log_std: nn.Parameter | None,
+        split_sizes: list[int] | None,
+    ):
+        super().__init__(parameters, features.shape[0])
+        self._chain = chain
+        self._cache = chain.forward(features)
+        self._log_std = log_std
+        self._split_sizes = split_sizes
+        positions = {id(parameter): index for index, parameter in enumerate(self.parameters)}
+        self._chain_positions = [positions[id(parameter)] for parameter in chain.parameters]
+        self._log_std_position = None if log_std is None else positions[id(log_std)]
+
+    @classmethod
+    def for_policy(
+        cls, policy: ActorCriticPolicy, parameters: Sequence[nn.Parameter], observations: PyTorchObs
+    ) -> "MLPJacobian | None":
+        """:return: the MLP Jacobian of the policy's actor, or ``None`` if the policy is not an SB3 MLP actor"""
+        distribution = policy.action_dist
+        if type(distribution) not in (
+            CategoricalDistribution,
+            MultiCategoricalDistribution,
+            BernoulliDistribution,
+            DiagGaussianDistribution,
+        ):
+            return None
+        if type(policy.mlp_extractor) is not MlpExtractor:
+            return None
+        chain = LinearChain.from_modules([policy.mlp_extractor.policy_net, policy.action_net])
+        if chain is None:
+            return None
+        log_std = policy.log_std if isinstance(distribution, DiagGaussianDistribution) else None
+        if {id(p) for p in parameters} != {id(p) for p in chain.parameters} | (
+            {id(log_std)} if log_std is not None else set()
+        ):
+            return None  # e.g. a features extractor with parameters: not covered by the chain
+        with th.no_grad():
+            features = BasePolicy.extract_features(policy, observations, policy.pi_features_extractor)
+        split_sizes = list(distribution.action_dims) if isinstance(distribution, MultiCategoricalDistribution) else None
+        return cls(parameters, chain, features, log_std, split_sizes)
+
+    def _chain_output(self, outputs: Sequence[th.Tensor]) -> th.Tensor:
+        return th.cat(list(outputs), dim=1) if self._split_sizes is not None else outputs[0]
+
+    def jvp(self, vector: th.Tensor) -> list[th.Tensor]:
+        tangents = unflatten(vector, self.parameters)
+        output = self._chain.jvp(self._cache, [tangents[position] for position in self._chain_positions])
+        if self._split_sizes is not None:
+            return list(output.split(self._split_sizes, dim=1))
+        if self._log_std_position is not None:
+            return [output, tangents[self._log_std_position].expand_as(output)]
+        return [output]
+
+    def vjp(self, output_vectors: Sequence[th.Tensor]) -> th.Tensor:
+        gradients: list[th.Tensor | None] = [None] * len(self.parameters)
+        chain_gradients = self._chain.vjp(self._cache, self._chain_output(output_vectors))
+        for position, gradient in zip(self._chain_positions, chain_gradients, strict=True):
+            gradients[position] = gradient
+        if self._log_std_position is not None:
+            gradients[self._log_std_position] = output_vectors[1].sum(dim=0)
+        return flatten(gradients)  # type: ignore[arg-type]
+
+    def gram(self, output_gradients: Sequence[th.Tensor]) -> th.Tensor:
+        gram = self._chain.gram(self._cache, self._chain_output(output_gradients))
+        if self._log_std_position is not None:
+            gram += output_gradients[1] @ output_gradients[1].T
+        return gram
+
+
+def policy_jacobian(policy: ActorCriticPolicy, parameters: Sequence[nn.Parameter], observations: PyTorchObs) -> PolicyJacobian:
+    """The fastest exact Jacobian for the policy: hand-derived for SB3's MLP actors, autograd otherwise."""
+    return MLPJacobian.for_policy(policy, parameters, observations) or AutogradJacobian(policy, parameters, observations)
 
 
 class FisherOperator(ABC):
@@ -262,12 +436,10 @@ class HessianFisher(FisherOperator):
         ).detach()
 
 
-class JacobianFisher(FisherOperator):
+class GaussNewtonFisher(FisherOperator):
     """
-    Shared machinery for Fishers of the form ``J^T M J / N`` on one reused forward graph.
-
-    ``J v`` is the derivative of ``J^T w`` (linear in a dummy ``w``) in the direction ``v``;
-    ``J^T u`` is an ordinary backward pass. Neither builds a second-order graph of the KL.
+    ``F = J^T M J / N`` with the analytic Fisher ``M`` of the action distribution: exact at ``theta_old``,
+    with no second-order graph (hand-derived products for MLP actors, one reused autograd graph otherwise).
     """
 
     def __init__(
@@ -277,53 +449,23 @@ class JacobianFisher(FisherOperator):
         observations: PyTorchObs,
         actions: th.Tensor,
         damping: float,
-        with_scores: bool = False,
     ):
         super().__init__(policy, parameters, observations, actions, damping)
-        distribution = policy.get_distribution(observations)
-        self._output_fisher = output_fisher(distribution, actions if with_scores else None)
-        self._outputs = self._output_fisher.outputs
-        self.n_samples = self._outputs[0].shape[0]
-        self._dummies = [th.zeros_like(output, requires_grad=True) for output in self._outputs]
-        self._transposed = th.autograd.grad(
-            self._outputs, self.parameters, grad_outputs=self._dummies, create_graph=True, materialize_grads=True
-        )
-
-    def jvp(self, vector: th.Tensor) -> list[th.Tensor]:
-        """:return: ``J v``, one tensor per distribution output"""
-        return list(
-            th.autograd.grad(
-                self._transposed,
-                self._dummies,
-                grad_outputs=unflatten(vector, self.parameters),
-                retain_graph=True,
-                materialize_grads=True,
-            )
-        )
-
-    def vjp(self, output_vectors: Sequence[th.Tensor]) -> th.Tensor:
-        """:return: ``J^T u`` as a flat vector over the actor parameters"""
-        return flatten(
-            th.autograd.grad(
-                self._outputs, self.parameters, grad_outputs=output_vectors, retain_graph=True, materialize_grads=True
-            )
-        )
-
-
-class GaussNewtonFisher(JacobianFisher):
-    """``F = J^T M J / N`` with the analytic Fisher ``M`` of the action distribution: exact at ``theta_old``."""
+        self.jacobian = policy_jacobian(policy, self.parameters, observations)
+        with th.no_grad():
+            self._metric = output_fisher(policy.get_distribution(observations)).metric
 
     def matvec(self, vector: th.Tensor) -> th.Tensor:
-        return self.vjp(self._output_fisher.metric(self.jvp(vector))) / self.n_samples
+        return self.jacobian.vjp(self._metric(self.jacobian.jvp(vector))) / self.jacobian.n_samples
 
 
-class EmpiricalFisher(JacobianFisher):
+class EmpiricalFisher(FisherOperator):
     """
     The seed article's ``F = E[grad log pi(a|s) grad log pi(a|s)^T]`` from the sampled actions.
 
-    The per-sample scores are ``G = C J`` row by row, with ``C`` the scores in the distribution
-    outputs, so ``F v = G^T (G v) / N`` costs one jvp and one vjp. When the batch is smaller than the
-    number of parameters, ``G`` is formed and the damped system is solved exactly (Woodbury):
+    The per-sample scores are ``G_i = J_i^T c_i`` with ``c_i`` the score in the distribution outputs,
+    so ``F v = G^T (G v) / N`` costs one jvp and one vjp. When the batch is smaller than the number of
+    parameters the damped system is solved exactly from the ``N x N`` Gram matrix (Woodbury):
     ``(damping I + G^T G / N)^-1 g = (g - G^T (N damping I + G G^T)^-1 G g) / damping``.
     """
 
@@ -335,44 +477,34 @@ class EmpiricalFisher(JacobianFisher):
         actions: th.Tensor,
         damping: float,
     ):
-        super().__init__(policy, parameters, observations, actions, damping, with_scores=True)
-        assert self._output_fisher.scores is not None
-        self._scores = self._output_fisher.scores
+        super().__init__(policy, parameters, observations, actions, damping)
+        self.jacobian = policy_jacobian(policy, self.parameters, observations)
+        with th.no_grad():
+            scores = output_fisher(policy.get_distribution(observations), actions).scores
+        assert scores is not None
+        self._scores = scores
 
     def score_products(self, vector: th.Tensor) -> th.Tensor:
         """:return: ``G v``, the per-sample directional derivatives of ``log pi(a|s)``"""
-        return sum(  # type: ignore[return-value]
-            (score * tangent).sum(dim=-1) for score, tangent in zip(self._scores, self.jvp(vector), strict=True)
-        )
+        products = [
+            (score * tangent).sum(dim=-1) for score, tangent in zip(self._scores, self.jacobian.jvp(vector), strict=True)
+        ]
+        return th.stack(products).sum(dim=0)
 
     def transposed_score_products(self, weights: th.Tensor) -> th.Tensor:
         """:return: ``G^T w``"""
-        return self.vjp([score * weights.unsqueeze(-1) for score in self._scores])
+        return self.jacobian.vjp([score * weights.unsqueeze(-1) for score in self._scores])
 
     def matvec(self, vector: th.Tensor) -> th.Tensor:
-        return self.transposed_score_products(self.score_products(vector)) / self.n_samples
-
-    def per_sample_scores(self) -> th.Tensor:
-        """:return: ``G``, one row ``grad log pi(a_i|s_i)`` per sample (``N x P``)"""
-        eye = th.eye(self.n_samples, dtype=self._scores[0].dtype, device=self._scores[0].device)
-        rows = th.autograd.grad(
-            self._outputs,
-            self.parameters,
-            grad_outputs=[eye.unsqueeze(-1) * score.unsqueeze(0) for score in self._scores],
-            retain_graph=True,
-            is_grads_batched=True,
-            materialize_grads=True,
-        )
-        return th.cat([row.reshape(self.n_samples, -1) for row in rows], dim=1)
+        return self.transposed_score_products(self.score_products(vector)) / self.jacobian.n_samples
 
     def solve(self, gradient: th.Tensor, max_iter: int) -> CGSolution:
-        n_parameters = gradient.numel()
-        if self.n_samples >= n_parameters or self.damping <= 0:
+        n_samples = self.jacobian.n_samples
+        if n_samples >= gradient.numel() or self.damping <= 0:
             return super().solve(gradient, max_iter)
-        scores = self.per_sample_scores()
-        gram = scores @ scores.T
-        gram.diagonal().add_(self.n_samples * self.damping)
-        correction = scores.T @ th.linalg.solve(gram, scores @ gradient)
+        gram = self.jacobian.gram(self._scores)
+        gram.diagonal().add_(n_samples * self.damping)
+        correction = self.transposed_score_products(th.linalg.solve(gram, self.score_products(gradient)))
         direction = (gradient - correction) / self.damping
         return CGSolution(direction, th.zeros_like(gradient))
 

@@ -17,6 +17,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.torch_layers import MlpExtractor
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from torch import nn
@@ -25,12 +26,13 @@ from torch.nn import functional as F
 from sb3_npg.fisher import (
     FISHER_BACKENDS,
     add_to_parameters_,
+    distribution_outputs,
     flatten,
     make_fisher,
     mean_summed_kl,
     old_distribution,
-    output_fisher,
 )
+from sb3_npg.mlp import LinearChain
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
@@ -229,8 +231,14 @@ class NPG(OnPolicyAlgorithm):
         self.actor_parameters, critic_parameters = self._split_parameters()
         # The critic optimiser holds the value parameters only: the actor (log_std and a shared features
         # extractor included) is moved by the natural-gradient step alone.
+        optimizer_kwargs = dict(self.policy.optimizer_kwargs)
+        if (
+            self.policy.optimizer_class in (th.optim.Adam, th.optim.AdamW)
+            and not {"fused", "foreach"} & optimizer_kwargs.keys()
+        ):
+            optimizer_kwargs["fused"] = True  # one kernel for all parameters: same update, less overhead
         self.policy.optimizer = self.policy.optimizer_class(  # type: ignore[call-arg]
-            critic_parameters, lr=self.lr_schedule(1), **self.policy.optimizer_kwargs
+            critic_parameters, lr=self.lr_schedule(1), **optimizer_kwargs
         )
 
     def _split_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -242,7 +250,7 @@ class NPG(OnPolicyAlgorithm):
         """
         observation, _ = self.policy.obs_to_tensor(self.observation_space.sample())
         parameters = list(self.policy.parameters())
-        outputs = output_fisher(self.policy.get_distribution(observation)).outputs
+        outputs = distribution_outputs(self.policy.get_distribution(observation))
         gradients = th.autograd.grad([output.sum() for output in outputs], parameters, allow_unused=True)
         actor = [p for p, grad in zip(parameters, gradients, strict=True) if grad is not None]
         critic = [p for p, grad in zip(parameters, gradients, strict=True) if grad is None]
@@ -324,23 +332,21 @@ class NPG(OnPolicyAlgorithm):
 
     def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor) -> float:
         """
-        ``n_critic_updates`` epochs of minibatch regression of the value function on the returns.
+        ``n_critic_updates`` epochs of minibatch regression of the value function on the returns (MSE).
 
         Minibatches are indexed straight from the batch tensors. With a shared features extractor (an
-        actor parameter, not moved by the critic) the features are computed once for all epochs.
+        actor parameter, not moved by the critic) the features are computed once for all epochs, and an
+        MLP critic (SB3's ``MlpPolicy``) gets its gradients from hand-derived products instead of autograd.
+
         :return: the mean value loss
         """
         policy = self.policy
-        if policy.share_features_extractor:
+        critic_chain = self._critic_chain()
+        if critic_chain is not None:
             with th.no_grad():
                 critic_inputs: PyTorchObs = policy.extract_features(observations, policy.features_extractor)  # type: ignore[assignment]
-
-            def predict_values(inputs: PyTorchObs) -> th.Tensor:
-                return policy.value_net(policy.mlp_extractor.forward_critic(inputs))  # type: ignore[arg-type]
-
         else:
             critic_inputs = observations
-            predict_values = policy.predict_values  # type: ignore[assignment]
 
         n_samples = returns.shape[0]
         losses = []
@@ -348,13 +354,36 @@ class NPG(OnPolicyAlgorithm):
             permutation = th.randperm(n_samples, device=self.device)
             for start in range(0, n_samples, self.batch_size):
                 index = permutation[start : start + self.batch_size]
-                values = predict_values(_index_observations(critic_inputs, index)).flatten()
-                value_loss = F.mse_loss(values, returns[index])
                 policy.optimizer.zero_grad()
-                value_loss.backward()
+                if critic_chain is not None:
+                    cache = critic_chain.forward(critic_inputs[index])  # type: ignore[index]
+                    errors = cache.output.flatten() - returns[index]
+                    value_loss = errors.square().mean()
+                    gradients = critic_chain.vjp(cache, (2.0 / errors.numel()) * errors.unsqueeze(1))
+                    for parameter, gradient in zip(critic_chain.parameters, gradients, strict=True):
+                        parameter.grad = gradient
+                else:
+                    values = policy.predict_values(_index_observations(critic_inputs, index)).flatten()
+                    value_loss = F.mse_loss(values, returns[index])
+                    value_loss.backward()
                 policy.optimizer.step()
                 losses.append(value_loss.detach())
         return th.stack(losses).mean().item()
+
+    def _critic_chain(self) -> LinearChain | None:
+        """
+        The critic as a :class:`~sb3_npg.mlp.LinearChain` on the shared features, when it is exactly SB3's MLP
+        value head and the features extractor is shared (so the critic's parameters are the chain's);
+        ``None`` otherwise (the critic then runs through ``policy.predict_values`` and autograd).
+        """
+        policy = self.policy
+        if not policy.share_features_extractor or type(policy.mlp_extractor) is not MlpExtractor:
+            return None
+        chain = LinearChain.from_modules([policy.mlp_extractor.value_net, policy.value_net])
+        critic_parameters = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
+        if chain is None or {id(p) for p in chain.parameters} != critic_parameters:
+            return None
+        return chain
 
     def learn(
         self: SelfNPG,

@@ -1,0 +1,263 @@
+"""
+Train-step benchmark: NPG (each Fisher backend) against sb3-contrib TRPO at matched settings.
+
+Every model gets the same rollout buffer (same env, rollout size, network, CG steps, critic epochs
+and minibatch size), and ``train()`` is timed over repeated calls, interleaved round-robin so that
+load on the machine hits every model alike. Prints medians and NPG/TRPO ratios, then:
+
+* the measured KL per update (median over 20 real updates) for each backend, on CartPole-v1 and HalfCheetah-v5;
+* the peak memory of ``train()`` at 16k samples (each model in a fresh process, peak RSS growth);
+* scaling tables: train-step time against batch size (1k to 16k) and network width (64 to 512).
+
+Results go to ``benchmarks/results/train_step.json`` and, as Markdown, ``benchmarks/results/train_step.md``.
+
+Usage::
+
+    python benchmarks/train_step.py            # everything (about 30-60 minutes on 2 cores)
+    python benchmarks/train_step.py --quick    # fewer repeats, smaller sweeps (a few minutes)
+    python benchmarks/train_step.py --parts timing kl
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch as th
+from sb3_contrib import TRPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_npg import NPG
+from sb3_npg.fisher import FISHER_BACKENDS
+
+RESULTS = Path(__file__).parent / "results"
+ALGORITHMS = ("trpo", *(f"npg-{backend}" for backend in FISHER_BACKENDS))
+
+
+def make_model(algorithm: str, env_id: str, n_steps: int, width: int, **kwargs: Any) -> BaseAlgorithm:
+    """A TRPO or NPG model with the matched settings: CG 10, 10 critic epochs of minibatches of 128."""
+    settings: dict[str, Any] = dict(
+        n_steps=n_steps,
+        batch_size=128,
+        cg_max_steps=10,
+        n_critic_updates=10,
+        seed=0,
+        policy_kwargs=dict(net_arch=[width, width]),
+        **kwargs,
+    )
+    if algorithm == "trpo":
+        return TRPO("MlpPolicy", env_id, **settings)
+    return NPG("MlpPolicy", env_id, fisher=algorithm.removeprefix("npg-"), **settings)
+
+
+def shared_rollout_models(algorithms: list[str], env_id: str, n_steps: int, width: int) -> dict[str, BaseAlgorithm]:
+    """Build the models and fill one rollout buffer (collected by the first), shared by all of them."""
+    models = {algorithm: make_model(algorithm, env_id, n_steps, width) for algorithm in algorithms}
+    first = next(iter(models.values()))
+    _, callback = first._setup_learn(n_steps)
+    callback.on_training_start(locals(), globals())
+    first.collect_rollouts(first.env, callback, first.rollout_buffer, n_rollout_steps=n_steps)  # type: ignore[attr-defined]
+    for model in models.values():
+        if model is not first:
+            model._setup_learn(n_steps)
+        model.rollout_buffer = first.rollout_buffer  # type: ignore[attr-defined]
+    return models
+
+
+def time_train(models: dict[str, BaseAlgorithm], repeats: int) -> dict[str, float]:
+    """Median seconds of ``train()`` per model, calls interleaved round-robin (one warm-up call each)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for repeat in range(repeats + 1):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.train()
+            if repeat > 0:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def timing(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Matched train-step times on HalfCheetah-v5 (64x64, 256x256) and CartPole-v1 (64x64)."""
+    rows = []
+    for env_id, width in (("HalfCheetah-v5", 64), ("HalfCheetah-v5", 256), ("CartPole-v1", 64)):
+        medians = time_train(shared_rollout_models(list(ALGORITHMS), env_id, 2048, width), args.repeats)
+        for algorithm, seconds in medians.items():
+            rows.append(dict(env=env_id, width=width, n_samples=2048, algorithm=algorithm, median_ms=1000 * seconds))
+            print(f"{env_id} {width}x{width} {algorithm:18s} {1000 * seconds:8.1f} ms  {seconds / medians['trpo']:.2f}x TRPO")
+    return rows
+
+
+class KLRecorder(BaseCallback):
+    """Records ``train/kl_divergence`` after every update (read at the start of the next rollout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kls: list[float] = []
+
+    def _on_rollout_start(self) -> None:
+        value = self.model.logger.name_to_value.get("train/kl_divergence")
+        if value is not None:
+            self.kls.append(float(value))
+
+    def _on_training_end(self) -> None:
+        self._on_rollout_start()
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def kl_per_update(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Median measured KL over 20 updates for each backend (default hyperparameters, target_kl 0.01 and 0.05)."""
+    rows = []
+    n_updates = 6 if args.quick else 20
+    for env_id, target_kl in (("CartPole-v1", 0.01), ("HalfCheetah-v5", 0.05)):
+        for backend in FISHER_BACKENDS:
+            model = NPG("MlpPolicy", env_id, n_steps=2048, target_kl=target_kl, fisher=backend, seed=0)
+            recorder = KLRecorder()
+            model.learn(n_updates * 2048, callback=recorder)
+            ratio = statistics.median(recorder.kls) / target_kl
+            rows.append(
+                dict(env=env_id, backend=backend, target_kl=target_kl, n_updates=len(recorder.kls), median_ratio=ratio)
+            )
+            print(f"{env_id} {backend:12s} median KL / target_kl over {len(recorder.kls)} updates: {ratio:.3f}")
+    return rows
+
+
+def _resident_bytes() -> int:
+    """Current resident set size of this process (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def peak_memory_child(algorithm: str, n_samples: int, width: int) -> None:
+    """(Runs in a fresh process.) Print the peak RSS growth in MiB during one ``train()`` at ``n_samples``."""
+    model = shared_rollout_models([algorithm], "HalfCheetah-v5", n_samples, width)[algorithm]
+    baseline = _resident_bytes()
+    peak = baseline
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _resident_bytes())
+            time.sleep(0.0005)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    model.train()
+    done.set()
+    poller.join()
+    print(max(peak, _resident_bytes()) / 2**20 - baseline / 2**20)
+
+
+def peak_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    Peak RSS growth during one train() at 16k samples on HalfCheetah-v5 (64x64), each model in a fresh process,
+    RSS polled every 0.5 ms (glibc returns large freed blocks to the system, so RSS follows the tensors).
+    """
+    rows = []
+    n_samples = 4096 if args.quick else 16384
+    for algorithm in ALGORITHMS:
+        output = subprocess.run(
+            [sys.executable, __file__, "--memory-child", algorithm, str(n_samples)], capture_output=True, text=True, check=True
+        ).stdout
+        mib = float(output.strip().splitlines()[-1])
+        rows.append(dict(algorithm=algorithm, n_samples=n_samples, peak_mib=mib))
+        print(f"peak memory of train() at {n_samples} samples, {algorithm:18s} {mib:8.1f} MiB")
+    return rows
+
+
+def scaling(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train-step time against batch size (width 64) and against width (2048 samples), HalfCheetah-v5."""
+    rows = []
+    batch_sizes = (1024, 4096) if args.quick else (1024, 2048, 4096, 8192, 16384)
+    widths = (64, 256) if args.quick else (64, 128, 256, 512)
+    repeats = max(2, args.repeats // 3)
+    sweep = [(n, 64) for n in batch_sizes] + [(2048, w) for w in widths if w != 64 or 2048 not in batch_sizes]
+    for n_samples, width in sweep:
+        medians = time_train(shared_rollout_models(list(ALGORITHMS), "HalfCheetah-v5", n_samples, width), repeats)
+        for algorithm, seconds in medians.items():
+            rows.append(dict(n_samples=n_samples, width=width, algorithm=algorithm, median_ms=1000 * seconds))
+        print(f"{n_samples} samples, {width}x{width}: " + ", ".join(f"{a} {1000 * s:.0f} ms" for a, s in medians.items()))
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown tables."""
+    lines = [f"Command: `{results['command']}`  ", f"Date: {results['date']}  ", f"Machine: {results['machine']}", ""]
+    if "timing" in results:
+        lines += ["| env | network | " + " | ".join(ALGORITHMS) + " |", "|---|---|" + "---|" * len(ALGORITHMS)]
+        for env_id, width in dict.fromkeys((row["env"], row["width"]) for row in results["timing"]):
+            cells = {r["algorithm"]: r["median_ms"] for r in results["timing"] if (r["env"], r["width"]) == (env_id, width)}
+            lines.append(
+                f"| {env_id} | {width}x{width} | "
+                + " | ".join(f"{cells[a]:.1f} ms ({cells[a] / cells['trpo']:.2f}x)" for a in ALGORITHMS)
+                + " |"
+            )
+        lines.append("")
+    if "kl" in results:
+        lines += ["| env | target_kl | backend | updates | median KL / target_kl |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {r['env']} | {r['target_kl']} | {r['backend']} | {r['n_updates']} | {r['median_ratio']:.3f} |"
+            for r in results["kl"]
+        ]
+        lines.append("")
+    if "memory" in results:
+        lines += ["| algorithm | samples | peak RSS growth in train() |", "|---|---|---|"]
+        lines += [f"| {r['algorithm']} | {r['n_samples']} | {r['peak_mib']:.0f} MiB |" for r in results["memory"]]
+        lines.append("")
+    if "scaling" in results:
+        lines += ["| samples | network | " + " | ".join(ALGORITHMS) + " |", "|---|---|" + "---|" * len(ALGORITHMS)]
+        for n_samples, width in dict.fromkeys((row["n_samples"], row["width"]) for row in results["scaling"]):
+            cells = {
+                r["algorithm"]: r["median_ms"]
+                for r in results["scaling"]
+                if (r["n_samples"], r["width"]) == (n_samples, width)
+            }
+            lines.append(f"| {n_samples} | {width}x{width} | " + " | ".join(f"{cells[a]:.0f} ms" for a in ALGORITHMS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+PARTS = {"timing": timing, "kl": kl_per_update, "memory": peak_memory, "scaling": scaling}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sweeps")
+    parser.add_argument("--repeats", type=int, default=None, help="timed train() calls per model (default 15, quick 5)")
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--memory-child", nargs=2, metavar=("ALGORITHM", "N_SAMPLES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    th.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    if args.memory_child:
+        peak_memory_child(args.memory_child[0], int(args.memory_child[1]), 64)
+        return
+    args.repeats = args.repeats or (5 if args.quick else 15)
+
+    results: dict[str, Any] = {
+        "command": "python " + " ".join(["benchmarks/train_step.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {th.get_num_threads()} torch thread, torch {th.__version__}, "
+        f"Python {platform.python_version()}, {platform.processor() or 'unknown CPU'}",
+    }
+    for part in args.parts:
+        results[part] = PARTS[part](args)
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    (RESULTS / f"train_step{suffix}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"train_step{suffix}.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""
+Hand-derived forward, Jacobian-vector and vector-Jacobian products for SB3's MLP heads.
+
+SB3's ``MlpPolicy`` builds each head as ``Linear -> activation -> ... -> Linear``. For such a chain
+the products with its Jacobian (with respect to its weights) are a few matrix products on the cached
+activations, with none of autograd's per-node overhead, which dominates on networks this small.
+``sb3_npg.fisher`` uses them for the Fisher-vector product of the actor and ``sb3_npg.npg`` for the
+critic's regression; anything else (CNNs, custom layers) takes the generic autograd path.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import torch as th
+from torch import nn
+
+# Activations applied elementwise: their Jacobian is the diagonal of their derivative
+ELEMENTWISE_ACTIVATIONS = (
+    nn.Tanh,
+    nn.ReLU,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardtanh,
+)
+
+
+class ChainCache(NamedTuple):
+    """
+    What one forward pass keeps for the products.
+
+    :param inputs: the input of each linear layer
+    :param derivatives: the derivative of the activation after each linear layer (``None`` if no activation)
+    :param output: the output of the chain
+    """
+
+    inputs: list[th.Tensor]
+    derivatives: list[th.Tensor | None]
+    output: th.Tensor
+
+
+def _activation_with_derivative(activation: nn.Module, pre_activation: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    """Apply an elementwise activation and return its derivative at the same point."""
+    if isinstance(activation, nn.Tanh):
+        output = th.tanh(pre_activation)
+        return output, 1 - output * output
+    if isinstance(activation, nn.ReLU):
+        return th.relu(pre_activation), (pre_activation > 0).to(pre_activation.dtype)
+    with th.enable_grad():
+        point = pre_activation.detach().requires_grad_(True)
+        output = activation(point)
+        (derivative,) = th.autograd.grad(output.sum(), point)
+    return output.detach(), derivative
+
+
+class LinearChain:
+    """
+    ``Linear -> activation -> ... -> Linear`` with elementwise activations, as SB3's MLP extractor builds.
+
+    :param layers: the linear layers, each with the activation that follows it (or ``None``)
+    """
+
+    def __init__(self, layers: Sequence[tuple[nn.Linear, nn.Module | None]]):
+        self.layers = list(layers)
+        self.parameters: list[th.Tensor] = []
+        for linear, _ in self.layers:
+            self.parameters.append(linear.weight)
+            if linear.bias is not None:
+                self.parameters.append(linear.bias)
+
+    @classmethod
+    def from_modules(cls, modules: Iterable[nn.Module]) -> "LinearChain | None":
+        """
+        :param modules: modules applied in order (``nn.Sequential`` are expanded)
+        :return: the chain, or ``None`` if the modules are not linear layers and elementwise activations
+        """
+        flat: list[nn.Module] = []
+        for module in modules:
+            flat.extend(module if isinstance(module, nn.Sequential) else [module])
+        layers: list[tuple[nn.Linear, nn.Module | None]] = []
+        for module in flat:
+            if isinstance(module, nn.Linear):
+                layers.append((module, None))
+            elif isinstance(module, ELEMENTWISE_ACTIVATIONS) and layers and layers[-1][1] is None:
+                layers[-1] = (layers[-1][0], module)
+            elif not isinstance(module, nn.Identity):
+                return None
+        return cls(layers) if layers else None
+
+    def forward(self, inputs: th.Tensor) -> ChainCache:
+        """:return: the output and what the products need (no autograd graph is built)"""
+        layer_inputs, derivatives = [], []
+        hidden = inputs.detach()
+        with th.no_grad():
+            for linear, activation in self.layers:
+                layer_inputs.append(hidden)
+                hidden = nn.functional.linear(hidden, linear.weight, linear.bias)
+                derivative = None
+                if activation is not None:
+                    hidden, derivative = _activation_with_derivative(activation, hidden)
+                derivatives.append(derivative)
+        return ChainCache(layer_inputs, derivatives, hidden)
+
+    def jvp(self, cache: ChainCache, tangents: Sequence[th.Tensor]) -> th.Tensor:
+        """
+        :param tangents: a direction in weight space, one tensor per entry of ``self.parameters``
+        :return: the directional derivative of the output (``J v``)
+        """
+        tangent_iter = iter(tangents)
+        output_tangent: th.Tensor | None = None
+        for (linear, _), layer_input, derivative in zip(self.layers, cache.inputs, cache.derivatives, strict=True):
+            weight_tangent = next(tangent_iter)
+            bias_tangent = next(tangent_iter) if linear.bias is not None else None
+            layer_tangent = nn.functional.linear(layer_input, weight_tangent, bias_tangent)
+            if output_tangent is not None:
+                layer_tangent = layer_tangent + output_tangent @ linear.weight.detach().T
+            output_tangent = layer_tangent if derivative is None else layer_tangent * derivative
+        assert output_tangent is not None
+        return output_tangent
+
+    def backpropagate(self, cache: ChainCache, output_gradient: th.Tensor) -> list[th.Tensor]:
+        """
+        :param output_gradient: per-sample gradient with respect to the output
+        :return: per-sample gradients with respect to each linear layer's output (before its activation)
+        """
+        deltas = []
+        gradient = output_gradient
+        for index in reversed(range(len(self.layers))):
+            derivative = cache.derivatives[index]
+            delta = gradient if derivative is None else gradient * derivative
+            deltas.append(delta)
+            if index > 0:
+                gradient = delta @ self.layers[index][0].weight.detach()
+        return deltas[::-1]
+
+    def vjp(self, cache: ChainCache, output_gradient: th.Tensor) -> list[th.Tensor]:
+        """:return: ``J^T u``: the gradient of ``sum(u * output)`` for each entry of ``self.parameters``"""
+        gradients: list[th.Tensor] = []
+        for (linear, _), layer_input, delta in zip(
+            self.layers, cache.inputs, self.backpropagate(cache, output_gradient), strict=True
+        ):
+            gradients.append(delta.T @ layer_input)
+            if linear.bias is not None:
+                gradients.append(delta.sum(dim=0))
+        return gradients
+
+    def gram(self, cache: ChainCache, output_gradients: th.Tensor) -> th.Tensor:
+        """
+        The Gram matrix ``G G^T`` of the per-sample weight gradients ``G`` (row i: the gradient of
+        ``output_gradients[i] . output[i]``), without forming ``G``: for a linear layer the per-sample
+        gradient is the outer product of its delta and input, so its Gram is ``(D D^T) * (H H^T)``.
+        """
+        gram = th.zeros(output_gradients.shape[0], output_gradients.shape[0], dtype=output_gradients.dtype)
+        for (linear, _), layer_input, delta in zip(
+            self.layers, cache.inputs, self.backpropagate(cache, output_gradients), strict=True
+        ):
+            input_gram = layer_input @ layer_input.T
+            if linear.bias is not None:
+                input_gram += 1
+            gram += (delta @ delta.T) * input_gram
+        return gram
