@@ -65,16 +65,19 @@ def dense_kl_hessian(model: NPG, observations) -> th.Tensor:
     return th.autograd.functional.hessian(kl_of, flat_actor(model))
 
 
+def select(observations, index):
+    """Rows ``index`` of a batch of observations (a tensor, or a dict of tensors)."""
+    if isinstance(observations, dict):
+        return {key: value[index] for key, value in observations.items()}
+    return observations[index]
+
+
 def dense_scores(model: NPG, observations, actions: th.Tensor) -> th.Tensor:
     """Per-sample scores ``grad_theta log pi(a_i|s_i)``, one backward per sample, N x P."""
     rows = []
     for index in range(len(actions)):
-        observation = (
-            {key: value[index : index + 1] for key, value in observations.items()}
-            if isinstance(observations, dict)
-            else observations[index : index + 1]
-        )
-        log_prob = model.policy.get_distribution(observation).log_prob(actions[index : index + 1]).sum()
+        sample = slice(index, index + 1)
+        log_prob = model.policy.get_distribution(select(observations, sample)).log_prob(actions[sample]).sum()
         gradients = th.autograd.grad(log_prob, model.actor_parameters, allow_unused=True, materialize_grads=True)
         rows.append(th.cat([gradient.reshape(-1) for gradient in gradients]))
     return th.stack(rows)

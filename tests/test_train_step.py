@@ -1,0 +1,232 @@
+"""
+One ``train()`` call against its dense prediction, and the actor/critic split.
+
+On tiny networks the actor's change must be the natural-gradient step ``sqrt(2 eps / x^T F x) x`` with
+``x = (F + damping I)^-1 g`` from dense matrices; the measured KL must be close to ``target_kl``; the critic
+must be moved by its own regression only, and that regression must match a plain reference loop.
+"""
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+from torch.nn import functional as F
+
+import sb3_npg.npg
+from sb3_npg import NPG
+from tests.dense import dense_kl_hessian, dense_scores, flat_actor, select
+from tests.envs import ACTION_SPACES, ToyEnv, image_space
+
+
+def collect(model: NPG) -> None:
+    """Fill the rollout buffer once, as ``learn`` does before ``train()`` (the logger is configured too)."""
+    _, callback = model._setup_learn(model.n_steps * model.n_envs, reset_num_timesteps=model._last_obs is None)
+    callback.on_training_start(locals(), globals())
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+
+
+def batch_tensors(model: NPG):
+    """Observations, actions (in the shape ``train()`` uses) and normalised advantages of the whole rollout."""
+    data = next(model.rollout_buffer.get(batch_size=None))
+    actions = data.actions.long().flatten() if isinstance(model.action_space, spaces.Discrete) else data.actions
+    advantages = (data.advantages - data.advantages.mean()) / (data.advantages.std() + 1e-8)
+    return data.observations, actions, advantages, data.returns
+
+
+def dense_step(model: NPG, fisher: str) -> tuple[th.Tensor, th.Tensor, float]:
+    """
+    The step ``sqrt(2 eps / x^T F x) x`` with ``x = (F + damping I)^-1 g``, from dense matrices.
+
+    :return: the step, the policy gradient and ``x^T F x``
+    """
+    observations, actions, advantages, _ = batch_tensors(model)
+    scores = dense_scores(model, observations, actions)
+    gradient = (advantages[:, None] * scores).mean(dim=0)
+    every = slice(None, None, model.sub_sampling_factor)
+    if fisher == "empirical":
+        fisher_matrix = scores[every].T @ scores[every] / len(scores[every])
+    else:
+        fisher_matrix = dense_kl_hessian(model, observations[every])
+    direction = th.linalg.solve(fisher_matrix + model.cg_damping * th.eye(len(gradient)), gradient)
+    quadratic = (direction @ fisher_matrix @ direction).item()
+    return (2 * model.target_kl / quadratic) ** 0.5 * direction, gradient, quadratic
+
+
+def critic_parameters(model: NPG) -> list[th.nn.Parameter]:
+    return [p for group in model.policy.optimizer.param_groups for p in group["params"]]
+
+
+def cosine(a: th.Tensor, b: th.Tensor) -> float:
+    return (a @ b / (a.norm() * b.norm())).item()
+
+
+def cartpole(**kwargs) -> NPG:
+    return NPG("MlpPolicy", "CartPole-v1", seed=0, **kwargs)
+
+
+def toy(action_space: spaces.Space, **kwargs) -> NPG:
+    env = make_vec_env(ToyEnv, n_envs=1, seed=0, env_kwargs={"action_space": action_space})
+    return NPG("MlpPolicy", env, seed=0, **kwargs)
+
+
+def box6d(**kwargs) -> NPG:
+    return toy(ACTION_SPACES["box6d"], **kwargs)
+
+
+TINY = {"n_steps": 64, "batch_size": 64, "policy_kwargs": {"net_arch": [8]}}
+
+
+@pytest.mark.parametrize("fisher", ["gauss_newton", "hessian", "empirical"])
+@pytest.mark.parametrize("make_model", [cartpole, box6d], ids=["cartpole", "box6d"])
+def test_actor_step_is_the_dense_natural_gradient_step(make_model, fisher: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direction (cosine > 0.99) and length of the actor's change; the policy step leaves the critic alone (CG 15)."""
+    model = make_model(fisher=fisher, target_kl=0.02, **TINY)
+    collect(model)
+    expected, gradient, quadratic = dense_step(model, fisher)
+    actor_before = flat_actor(model)
+    critic_before = [p.detach().clone() for p in critic_parameters(model)]
+    monkeypatch.setattr(model, "_fit_critic", lambda observations, returns: 0.0)
+    model.train()
+    change = flat_actor(model) - actor_before
+    assert cosine(change, expected) > 0.99
+    assert change.norm().item() == pytest.approx(expected.norm().item(), rel=0.02)
+    assert all(th.equal(p, before) for p, before in zip(critic_parameters(model), critic_before, strict=True))
+    logs = model.logger.name_to_value
+    assert logs["train/xFx"] == pytest.approx(quadratic, rel=0.02)
+    assert logs["train/policy_gradient_norm"] == pytest.approx(gradient.norm().item(), rel=1e-4)
+    assert logs["train/step_size"] == pytest.approx((2 * model.target_kl / quadratic) ** 0.5, rel=0.02)
+    assert model.skipped_updates == 0
+
+
+@pytest.mark.parametrize(
+    ("make_model", "target_kl"),
+    [(cartpole, 0.01), (box6d, 0.05)],
+    ids=["cartpole", "box6d"],
+)
+def test_measured_kl_is_close_to_target(make_model, target_kl: float) -> None:
+    """Default settings (64x64, gauss_newton, CG 15): every update's measured KL is within a factor 2 of ``target_kl``."""
+    model = make_model(n_steps=512, target_kl=target_kl)
+    ratios = []
+    for _ in range(4):
+        collect(model)
+        model.train()
+        ratios.append(model.logger.name_to_value["train/kl_divergence"] / target_kl)
+    assert all(0.5 <= ratio <= 2 for ratio in ratios), ratios
+
+
+def test_sub_sampling_uses_every_kth_sample_for_the_fisher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Fisher is built on every k-th sample and the gradient on all of them: the step matches that dense prediction."""
+    model = box6d(sub_sampling_factor=3, **TINY)
+    collect(model)
+    fisher_batches = []
+    make_fisher = sb3_npg.npg.make_fisher
+
+    def spy(backend, policy, parameters, observations, actions, damping):
+        fisher_batches.append(observations)
+        return make_fisher(backend, policy, parameters, observations, actions, damping)
+
+    monkeypatch.setattr(sb3_npg.npg, "make_fisher", spy)
+    # The rollout buffer shuffles the batch with numpy's global generator: the same seed gives the same order.
+    np.random.seed(0)
+    expected, _, _ = dense_step(model, "gauss_newton")
+    before = flat_actor(model)
+    np.random.seed(0)
+    model.train()
+    np.random.seed(0)
+    observations = next(model.rollout_buffer.get(batch_size=None)).observations
+    assert len(fisher_batches) == 1
+    assert len(fisher_batches[0]) == 22
+    assert th.equal(fisher_batches[0], observations[::3])
+    change = flat_actor(model) - before
+    assert cosine(change, expected) > 0.99
+    assert change.norm().item() == pytest.approx(expected.norm().item(), rel=0.02)
+
+
+def image_model(**kwargs) -> NPG:
+    env_kwargs = {"action_space": spaces.Discrete(2), "observation_space": image_space()}
+    env = make_vec_env(ToyEnv, n_envs=1, seed=0, env_kwargs=env_kwargs)
+    return NPG("CnnPolicy", env, n_steps=32, batch_size=8, n_critic_updates=2, seed=0, **kwargs)
+
+
+def ids(parameters) -> set[int]:
+    return {id(p) for p in parameters}
+
+
+@pytest.mark.parametrize("use_sde", [False, True])
+def test_log_std_is_an_actor_parameter(use_sde: bool) -> None:
+    model = box6d(use_sde=use_sde, **TINY)
+    assert id(model.policy.log_std) in ids(model.actor_parameters)
+    assert id(model.policy.log_std) not in ids(critic_parameters(model))
+
+
+def test_parameter_split_with_shared_cnn_features_extractor() -> None:
+    """The shared NatureCNN is an actor parameter, moved by the natural-gradient step only; value_net is the critic's."""
+    model = image_model()
+    policy = model.policy
+    assert policy.share_features_extractor
+    actor, critic = ids(model.actor_parameters), ids(critic_parameters(model))
+    assert ids(policy.features_extractor.parameters()) <= actor
+    assert not ids(policy.features_extractor.parameters()) & critic
+    assert ids(policy.action_net.parameters()) <= actor
+    assert ids(policy.value_net.parameters()) <= critic
+    assert ids(policy.mlp_extractor.value_net.parameters()) <= critic
+    assert not actor & critic
+    assert actor | critic == ids(policy.parameters())
+
+
+def test_parameter_split_with_separate_cnn_features_extractors() -> None:
+    model = image_model(policy_kwargs={"share_features_extractor": False})
+    policy = model.policy
+    assert ids(policy.pi_features_extractor.parameters()) <= ids(model.actor_parameters)
+    assert ids(policy.vf_features_extractor.parameters()) | ids(policy.value_net.parameters()) <= ids(critic_parameters(model))
+    assert not ids(model.actor_parameters) & ids(critic_parameters(model))
+
+
+def reference_critic_fit(model: NPG, observations, returns: th.Tensor) -> None:
+    """The plain critic regression: per epoch ``randperm``, minibatches, ``predict_values``, MSE, a fresh optimiser."""
+    policy = model.policy
+    parameters = critic_parameters(model)
+    optimizer = policy.optimizer_class(parameters, lr=model.lr_schedule(1), **policy.optimizer_kwargs)
+    n_samples = len(returns)
+    for _ in range(model.n_critic_updates):
+        permutation = th.randperm(n_samples)
+        for start in range(0, n_samples, model.batch_size):
+            index = permutation[start : start + model.batch_size]
+            loss = F.mse_loss(policy.predict_values(select(observations, index)).flatten(), returns[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        lambda: box6d(n_steps=50, batch_size=16, n_critic_updates=3),
+        lambda: box6d(n_steps=50, batch_size=16, n_critic_updates=3, policy_kwargs={"share_features_extractor": False}),
+        image_model,
+    ],
+    ids=["mlp", "mlp-separate-extractors", "cnn-shared"],
+)
+def test_fast_critic_loop_matches_reference_loop(make_model) -> None:
+    """``_fit_critic`` (features precomputed once, tensor indexing) gives the parameters of the plain loop; the actor stays."""
+    model = make_model()
+    collect(model)
+    observations, _, _, returns = batch_tensors(model)
+    start = {name: value.clone() for name, value in model.policy.state_dict().items()}
+    actor_before = flat_actor(model)
+    critic_before = [p.detach().clone() for p in critic_parameters(model)]
+
+    th.manual_seed(123)
+    loss = model._fit_critic(observations, returns)
+    fast = [p.detach().clone() for p in critic_parameters(model)]
+    assert th.equal(flat_actor(model), actor_before)
+    assert np.isfinite(loss) and loss > 0
+
+    model.policy.load_state_dict(start)
+    th.manual_seed(123)
+    reference_critic_fit(model, observations, returns)
+    reference = [p.detach() for p in critic_parameters(model)]
+    assert all(not th.equal(p, before) for p, before in zip(fast, critic_before, strict=True))
+    for fast_p, reference_p in zip(fast, reference, strict=True):
+        th.testing.assert_close(fast_p, reference_p, rtol=1e-5, atol=1e-6)
