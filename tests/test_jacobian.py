@@ -1,0 +1,89 @@
+"""
+The hand-derived MLP products against autograd.
+
+``MLPJacobian`` (SB3 MLP actors) and ``LinearChain`` (also the critic's fast path) must give the same
+``J v``, ``J^T u`` and per-sample Gram matrix as the generic autograd path; policies they do not cover
+(gSDE, CNN features) must fall back to autograd and still give the exact Fisher.
+"""
+
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from torch import nn
+
+from sb3_npg import NPG
+from sb3_npg.fisher import AutogradJacobian, HessianFisher, MLPJacobian, make_fisher, policy_jacobian
+from sb3_npg.mlp import LinearChain
+from tests.envs import ACTION_SPACES, ToyEnv, image_space
+from tests.test_fisher import assert_close_in_norm, batch, perturb, tiny_model
+
+
+@pytest.mark.parametrize("distribution", ["discrete", "box1d", "box6d", "multidiscrete", "multibinary"])
+def test_mlp_jacobian_equals_autograd_jacobian(distribution: str) -> None:
+    """
+    Equal products. Categorical logits are compared up to a per-sample shift of all logits: torch normalises
+    them (``logits - logsumexp``), SB3's action head does not, and the Fisher ``diag(p) - p p^T`` ignores the shift.
+    """
+    categorical = distribution in ("discrete", "multidiscrete")
+
+    def modulo_shift(tensor: th.Tensor) -> th.Tensor:
+        return tensor - tensor.mean(dim=-1, keepdim=True) if categorical else tensor
+
+    model = tiny_model(distribution, net_arch=(8, 5))
+    perturb(model)
+    observations, _ = batch(model, 12)
+    mlp = MLPJacobian.for_policy(model.policy, model.actor_parameters, observations)
+    assert mlp is not None
+    reference = AutogradJacobian(model.policy, model.actor_parameters, observations)
+    generator = th.Generator().manual_seed(7)
+    vector = th.randn(sum(p.numel() for p in model.actor_parameters), generator=generator)
+    for actual, expected in zip(mlp.jvp(vector), reference.jvp(vector), strict=True):
+        assert_close_in_norm(modulo_shift(actual), modulo_shift(expected), rtol=1e-5)
+    output_vectors = [modulo_shift(th.randn(t.shape, generator=generator)) for t in reference.jvp(vector)]
+    assert_close_in_norm(mlp.vjp(output_vectors), reference.vjp(output_vectors), rtol=1e-5)
+    assert_close_in_norm(mlp.gram(output_vectors), reference.gram(output_vectors), rtol=1e-5)
+
+
+def test_policies_outside_the_mlp_form_use_autograd_and_stay_exact() -> None:
+    gsde = tiny_model("gsde")
+    observations, _ = batch(gsde, 8)
+    assert MLPJacobian.for_policy(gsde.policy, gsde.actor_parameters, observations) is None
+
+    env = make_vec_env(
+        ToyEnv, n_envs=1, env_kwargs={"action_space": ACTION_SPACES["discrete"], "observation_space": image_space()}
+    )
+    cnn = NPG(
+        "CnnPolicy", env, n_steps=16, batch_size=16, policy_kwargs={"features_extractor_kwargs": {"features_dim": 8}}, seed=0
+    )
+    images = th.as_tensor(th.randint(0, 256, (6, 1, 36, 36), generator=th.Generator().manual_seed(8)), dtype=th.float32)
+    assert isinstance(policy_jacobian(cnn.policy, cnn.actor_parameters, images), AutogradJacobian)
+    gauss_newton = make_fisher("gauss_newton", cnn.policy, cnn.actor_parameters, images, th.zeros(6), damping=0.1)
+    hessian = HessianFisher(cnn.policy, cnn.actor_parameters, images, th.zeros(6), damping=0.1)
+    vector = th.randn(sum(p.numel() for p in cnn.actor_parameters), generator=th.Generator().manual_seed(9))
+    assert_close_in_norm(gauss_newton.matvec(vector), hessian.matvec(vector), rtol=1e-4)
+
+
+@pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU, nn.ELU, nn.SiLU])
+def test_linear_chain_products_equal_autograd(activation: type[nn.Module]) -> None:
+    th.manual_seed(0)
+    network = nn.Sequential(nn.Linear(4, 6), activation(), nn.Linear(6, 5), activation(), nn.Linear(5, 2))
+    chain = LinearChain.from_modules([network])
+    assert chain is not None
+    inputs = th.randn(9, 4)
+    cache = chain.forward(inputs)
+    th.testing.assert_close(cache.output, network(inputs))
+
+    parameters = dict(network.named_parameters())
+    tangents = {name: th.randn_like(p) for name, p in parameters.items()}
+    _, expected_jvp = th.func.jvp(lambda p: th.func.functional_call(network, p, (inputs,)), (parameters,), (tangents,))
+    th.testing.assert_close(chain.jvp(cache, list(tangents.values())), expected_jvp)
+
+    output_gradient = th.randn(9, 2)
+    expected_vjp = th.autograd.grad(network(inputs), list(parameters.values()), output_gradient)
+    for actual, expected in zip(chain.vjp(cache, output_gradient), expected_vjp, strict=True):
+        th.testing.assert_close(actual, expected)
+
+
+def test_linear_chain_rejects_other_modules() -> None:
+    assert LinearChain.from_modules([nn.Sequential(nn.Linear(3, 3), nn.Softmax(dim=-1), nn.Linear(3, 1))]) is None
+    assert LinearChain.from_modules([nn.Sequential(nn.Linear(3, 3), nn.Dropout(), nn.Linear(3, 1))]) is None
