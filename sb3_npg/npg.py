@@ -313,11 +313,14 @@ class NPG(OnPolicyAlgorithm):
             self._skip_update(f"x^T F x = {quadratic.item():.3g} is not finite and positive")
             return
 
+        previous = [parameter.detach().clone() for parameter in self.actor_parameters]
         add_to_parameters_(self.actor_parameters, direction, alpha=step_size.item())
         with th.no_grad():
             kl = mean_summed_kl(old, self.policy.get_distribution(observations))
         if not th.isfinite(kl):
-            add_to_parameters_(self.actor_parameters, direction, alpha=-step_size.item())
+            with th.no_grad():
+                for parameter, value in zip(self.actor_parameters, previous, strict=True):
+                    parameter.copy_(value)
             self._skip_update(f"the KL after the step is {kl.item()}")
             return
         self.logger.record("train/step_size", step_size.item())
