@@ -1,0 +1,277 @@
+"""
+NPG as an SB3 algorithm: every action and observation space, gSDE, vectorised envs, callbacks, progress bar,
+tensorboard, save/load, argument guards, the guard against non-finite steps, logged keys and determinism.
+"""
+
+import math
+import pathlib
+import zipfile
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import sb3_npg.npg
+from sb3_npg import NPG
+from sb3_npg.fisher import CGSolution
+from tests.dense import flat_actor
+from tests.envs import ACTION_SPACES, ToyEnv, image_space
+
+TINY = {"n_steps": 16, "batch_size": 8, "n_critic_updates": 2, "policy_kwargs": {"net_arch": [8]}, "seed": 0}
+
+
+def toy_env(action_space: spaces.Space = ACTION_SPACES["box6d"], observation_space=None, n_envs: int = 1):
+    env_kwargs = {"action_space": action_space, "observation_space": observation_space}
+    return make_vec_env(ToyEnv, n_envs=n_envs, seed=0, env_kwargs=env_kwargs)
+
+
+def all_parameters(model: NPG) -> th.Tensor:
+    return th.cat([p.detach().reshape(-1) for p in model.policy.parameters()]).clone()
+
+
+@pytest.mark.parametrize("action_space", ACTION_SPACES.values(), ids=ACTION_SPACES.keys())
+def test_action_spaces(action_space: spaces.Space) -> None:
+    model = NPG("MlpPolicy", toy_env(action_space), **TINY)
+    before = flat_actor(model)
+    model.learn(32)
+    assert model.num_timesteps == 32
+    assert model._n_updates == 2
+    assert not th.equal(flat_actor(model), before)
+    assert th.isfinite(all_parameters(model)).all()
+
+
+@pytest.mark.parametrize(
+    ("policy", "observation_space"),
+    [
+        ("MlpPolicy", spaces.Box(-1, 1, (5,), np.float32)),
+        ("CnnPolicy", image_space((36, 36, 1))),
+        ("MultiInputPolicy", spaces.Dict({"vector": spaces.Box(-1, 1, (3,), np.float32), "image": image_space()})),
+    ],
+    ids=["vector", "image", "dict"],
+)
+def test_observation_spaces(policy: str, observation_space: spaces.Space) -> None:
+    model = NPG(policy, toy_env(spaces.Discrete(2), observation_space), **{**TINY, "policy_kwargs": None})
+    before = flat_actor(model)
+    model.learn(32)
+    assert model._n_updates == 2
+    assert not th.equal(flat_actor(model), before)
+    assert th.isfinite(all_parameters(model)).all()
+
+
+def test_gsde() -> None:
+    model = NPG("MlpPolicy", toy_env(), use_sde=True, sde_sample_freq=4, **TINY)
+    log_std = model.policy.log_std.detach().clone()
+    model.learn(32)
+    assert model._n_updates == 2
+    assert not th.equal(model.policy.log_std, log_std)
+    assert model.logger.name_to_value["train/std"] > 0
+
+
+def test_multiple_envs() -> None:
+    model = NPG("MlpPolicy", toy_env(n_envs=4), **TINY)
+    model.learn(128)
+    assert model.rollout_buffer.n_envs == 4
+    assert len(model.rollout_buffer.observations.reshape(-1, 3)) == 16 * 4
+    assert model.num_timesteps == 128
+    assert model._n_updates == 2
+
+
+class CountingCallback(BaseCallback):
+    """Counts the callback events of one ``learn`` call."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {"training_start": 0, "rollout_start": 0, "step": 0, "rollout_end": 0, "training_end": 0}
+
+    def _on_training_start(self) -> None:
+        self.counts["training_start"] += 1
+
+    def _on_rollout_start(self) -> None:
+        self.counts["rollout_start"] += 1
+
+    def _on_step(self) -> bool:
+        self.counts["step"] += 1
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.counts["rollout_end"] += 1
+
+    def _on_training_end(self) -> None:
+        self.counts["training_end"] += 1
+
+
+def test_callbacks_are_called() -> None:
+    model = NPG("MlpPolicy", toy_env(n_envs=2), **TINY)
+    callback = CountingCallback()
+    model.learn(96, callback=callback)
+    assert callback.counts == {"training_start": 1, "rollout_start": 3, "step": 48, "rollout_end": 3, "training_end": 1}
+
+
+def test_progress_bar() -> None:
+    model = NPG("MlpPolicy", toy_env(), **TINY)
+    model.learn(32, progress_bar=True)
+    assert model.num_timesteps == 32
+
+
+def test_tensorboard_log(tmp_path: pathlib.Path) -> None:
+    model = NPG("MlpPolicy", toy_env(), tensorboard_log=str(tmp_path), **TINY)
+    model.learn(48)
+    event_files = list((tmp_path / "NPG_1").glob("events.out.tfevents.*"))
+    assert len(event_files) == 1
+    events = EventAccumulator(str(event_files[0]))
+    events.Reload()
+    assert {"train/kl_divergence", "train/step_size", "train/xFx", "train/value_loss"} <= set(events.Tags()["scalars"])
+
+
+def observations_for(model: NPG, n: int = 20) -> np.ndarray:
+    space = model.observation_space
+    space.seed(0)
+    return np.stack([space.sample() for _ in range(n)])
+
+
+def model_actor(model: NPG) -> list[th.nn.Parameter]:
+    """The parameters not held by the critic optimiser."""
+    critic = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
+    return [p for p in model.policy.parameters() if id(p) not in critic]
+
+
+@pytest.mark.parametrize("action_space", [ACTION_SPACES["box6d"], ACTION_SPACES["discrete"]], ids=["box6d", "discrete"])
+def test_save_load_round_trip(tmp_path: pathlib.Path, action_space: spaces.Space) -> None:
+    model = NPG("MlpPolicy", toy_env(action_space), target_kl=0.05, **TINY)
+    model.learn(32)
+    model.save(tmp_path / "npg")
+    loaded = NPG.load(tmp_path / "npg")
+    observations = observations_for(model)
+    expected, _ = model.predict(observations, deterministic=True)
+    actual, _ = loaded.predict(observations, deterministic=True)
+    np.testing.assert_array_equal(actual, expected)
+    assert loaded.target_kl == 0.05
+    assert {id(p) for p in loaded.actor_parameters} == {id(p) for p in model_actor(loaded)}  # the split is rebuilt
+
+
+def test_load_into_new_env_and_continue(tmp_path: pathlib.Path) -> None:
+    NPG("MlpPolicy", toy_env(), **TINY).learn(32).save(tmp_path / "npg.zip")
+    loaded = NPG.load(tmp_path / "npg.zip", env=toy_env(n_envs=2))
+    before = all_parameters(loaded)
+    loaded.learn(64, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 32 + 64
+    assert loaded._n_updates == 2 + 2
+    assert not th.equal(all_parameters(loaded), before)
+    assert th.isfinite(all_parameters(loaded)).all()
+
+
+def test_load_missing_file(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        NPG.load(tmp_path / "nothing_here.zip")
+
+
+def test_load_corrupt_files(tmp_path: pathlib.Path) -> None:
+    not_a_zip = tmp_path / "garbage.zip"
+    not_a_zip.write_bytes(b"this is not a saved model")
+    with pytest.raises(ValueError, match="garbage"):
+        NPG.load(not_a_zip)
+
+    NPG("MlpPolicy", toy_env(), **TINY).save(tmp_path / "whole.zip")
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes((tmp_path / "whole.zip").read_bytes()[:-200])
+    with pytest.raises(ValueError, match="truncated"):
+        NPG.load(truncated)
+
+    without_weights = tmp_path / "no_weights.zip"
+    with zipfile.ZipFile(tmp_path / "whole.zip") as whole, zipfile.ZipFile(without_weights, "w") as partial:
+        partial.writestr("data", whole.read("data"))
+    with pytest.raises(ValueError, match=r"policy\.pth"):
+        NPG.load(without_weights)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("target_kl", 0.0),
+        ("target_kl", -0.01),
+        ("cg_max_steps", 0),
+        ("cg_damping", -1e-3),
+        ("n_critic_updates", 0),
+        ("batch_size", 0),
+        ("batch_size", 33),  # n_steps * n_envs = 16 * 2
+        ("sub_sampling_factor", 0),
+        ("fisher", "natural"),
+    ],
+)
+def test_invalid_hyperparameters_raise(name: str, value) -> None:
+    kwargs = {**TINY, name: value}
+    with pytest.raises(ValueError, match=name):
+        NPG("MlpPolicy", toy_env(n_envs=2), **kwargs)
+
+
+def test_largest_valid_batch_size() -> None:
+    assert NPG("MlpPolicy", toy_env(n_envs=2), **{**TINY, "batch_size": 32}).batch_size == 32
+
+
+def collect(model: NPG) -> None:
+    _, callback = model._setup_learn(model.n_steps)
+    callback.on_training_start(locals(), globals())
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+
+
+class NaNSolve:
+    """A Fisher operator whose solve returns NaN (delegates everything else)."""
+
+    def __init__(self, fisher):
+        self.fisher = fisher
+
+    def __getattr__(self, name: str):
+        return getattr(self.fisher, name)
+
+    def solve(self, gradient: th.Tensor, max_iter: int) -> CGSolution:
+        return CGSolution(th.full_like(gradient, math.nan), th.zeros_like(gradient))
+
+
+@pytest.mark.parametrize("cause", ["nan_advantages", "nan_solve", "zero_advantages"])
+def test_non_finite_or_non_positive_xFx_skips_the_update(cause: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = NPG("MlpPolicy", toy_env(), **TINY)
+    collect(model)
+    if cause == "nan_advantages":
+        model.rollout_buffer.advantages[:] = np.nan
+    elif cause == "zero_advantages":
+        model.rollout_buffer.advantages[:] = 0.0
+    else:
+        make_fisher = sb3_npg.npg.make_fisher
+        monkeypatch.setattr(sb3_npg.npg, "make_fisher", lambda *args: NaNSolve(make_fisher(*args)))
+    before = flat_actor(model)
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        model.train()
+    assert th.equal(flat_actor(model), before)
+    assert th.isfinite(all_parameters(model)).all()
+    assert model.skipped_updates == 1
+    assert model.logger.name_to_value["train/skipped_updates"] == 1
+
+
+@pytest.mark.parametrize("action_space", [ACTION_SPACES["box6d"], ACTION_SPACES["discrete"]], ids=["gaussian", "discrete"])
+def test_logged_keys(action_space: spaces.Space) -> None:
+    model = NPG("MlpPolicy", toy_env(action_space), **TINY)
+    collect(model)
+    model.train()
+    logs = model.logger.name_to_value
+    for key in ("train/kl_divergence", "train/step_size", "train/xFx", "train/policy_gradient_norm", "train/value_loss"):
+        assert logs[key] > 0, key
+    assert logs["train/cg_residual"] >= 0
+    assert np.isfinite(logs["train/explained_variance"])
+    assert logs["train/n_updates"] == 1
+    assert logs["train/skipped_updates"] == 0
+    if isinstance(action_space, spaces.Box):
+        assert logs["train/std"] == pytest.approx(model.policy.log_std.exp().mean().item())
+
+
+@pytest.mark.parametrize("fisher", ["gauss_newton", "empirical"])
+@pytest.mark.parametrize(
+    "action_space", [ACTION_SPACES["box6d"], ACTION_SPACES["multidiscrete"]], ids=["box6d", "multidiscrete"]
+)
+def test_same_seed_same_parameters(action_space: spaces.Space, fisher: str) -> None:
+    runs = [NPG("MlpPolicy", toy_env(action_space, n_envs=2), fisher=fisher, **TINY).learn(96) for _ in range(2)]
+    assert th.equal(all_parameters(runs[0]), all_parameters(runs[1]))
+    assert not th.equal(all_parameters(runs[0]), all_parameters(NPG("MlpPolicy", toy_env(action_space, n_envs=2), **TINY)))
