@@ -26,6 +26,7 @@ from sb3_npg.zoo import (
     check_hyperparameters,
     convert_npg_params,
     hub_compatibility,
+    is_registered,
     register,
     sample_npg_params,
 )
@@ -56,7 +57,8 @@ def write_conf(path: Path, entries: dict[str, dict[str, Any]]) -> str:
 def test_importing_sb3_npg_does_not_import_rl_zoo3() -> None:
     code = (
         "import sys, sb3_npg, sb3_npg.zoo, sb3_npg.train, sb3_npg.enjoy, sb3_npg.plot; "
-        "assert 'rl_zoo3' not in sys.modules and 'optuna' not in sys.modules, sorted(sys.modules)"
+        "assert 'rl_zoo3' not in sys.modules and 'optuna' not in sys.modules, sorted(sys.modules); "
+        "assert not sb3_npg.zoo.is_registered()"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
@@ -70,6 +72,7 @@ def test_register_is_idempotent_and_complete() -> None:
 
     objective = ExperimentManager.objective
     register()
+    assert is_registered()
     assert ALGOS["npg"] is NPG
     assert HYPERPARAMS_SAMPLER["npg"] is sample_npg_params
     assert HYPERPARAMS_CONVERTER["npg"] is convert_npg_params
