@@ -17,7 +17,7 @@ def test_solves_cartpole() -> None:
     gae_lambda 0.98, 20 critic epochs of minibatch 128 at learning rate 1e-3, the default 64x64 MLP,
     ``gauss_newton`` Fisher, CG 15, damping 0.1. Every 5120 steps the policy is evaluated with ``evaluate_policy``
     (10 deterministic episodes on fresh evaluation environments) and it is solved at the first mean return >= 475.
-    Seeds 0-7 of these settings were solved within 5120-30720 steps.
+    Seeds 0-9 of these settings were solved within 5120-30720 steps.
     """
     model = NPG(
         "MlpPolicy",
