@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
+from torch import nn
 
 from sb3_npg import NPG
 from sb3_npg.fisher import (
@@ -26,7 +27,9 @@ from tests.envs import ACTION_SPACES, ToyEnv
 DISTRIBUTIONS = ["discrete", "box1d", "box6d", "gsde", "multidiscrete", "multibinary"]
 
 
-def tiny_model(distribution: str, n_steps: int = 32, net_arch: tuple[int, ...] = (8,), **kwargs) -> NPG:
+def tiny_model(
+    distribution: str, n_steps: int = 32, net_arch: tuple[int, ...] = (8,), activation_fn: type[nn.Module] = nn.Tanh, **kwargs
+) -> NPG:
     """An NPG model with a tiny MLP on a toy environment with the action distribution ``distribution``."""
     action_space = ACTION_SPACES["box6d" if distribution == "gsde" else distribution]
     env = make_vec_env(ToyEnv, n_envs=1, seed=0, env_kwargs={"action_space": action_space})
@@ -36,7 +39,7 @@ def tiny_model(distribution: str, n_steps: int = 32, net_arch: tuple[int, ...] =
         n_steps=n_steps,
         batch_size=n_steps,
         use_sde=distribution == "gsde",
-        policy_kwargs={"net_arch": list(net_arch)},
+        policy_kwargs={"net_arch": list(net_arch), "activation_fn": activation_fn},
         seed=0,
         **kwargs,
     )
@@ -80,6 +83,18 @@ def test_fisher_vector_product_equals_dense_kl_hessian(backend: str, distributio
     for vector in vectors:
         assert_close_in_norm(fisher.matvec(vector), dense @ vector, rtol=1e-4)
         assert_close_in_norm(fisher.damped_matvec(vector), dense @ vector + 0.1 * vector, rtol=1e-4)
+
+
+@pytest.mark.parametrize("activation_fn", [nn.ReLU, nn.ELU, nn.SiLU])
+@pytest.mark.parametrize("distribution", ["discrete", "box6d"])
+def test_fisher_vector_product_with_other_activations_and_depths(distribution: str, activation_fn: type[nn.Module]) -> None:
+    model = tiny_model(distribution, net_arch=(8, 6), activation_fn=activation_fn)
+    perturb(model)
+    observations, actions = batch(model, 24)
+    dense = dense_kl_hessian(model, observations)
+    fisher = make_fisher("gauss_newton", model.policy, model.actor_parameters, observations, actions, damping=0.1)
+    for vector in th.randn(3, dense.shape[0], generator=th.Generator().manual_seed(12)):
+        assert_close_in_norm(fisher.matvec(vector), dense @ vector, rtol=1e-4)
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)

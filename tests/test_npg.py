@@ -53,8 +53,11 @@ def test_action_spaces(action_space: spaces.Space) -> None:
     ],
     ids=["vector", "image", "dict"],
 )
-def test_observation_spaces(policy: str, observation_space: spaces.Space) -> None:
-    model = NPG(policy, toy_env(spaces.Discrete(2), observation_space), **{**TINY, "policy_kwargs": None})
+@pytest.mark.parametrize("fisher", ["gauss_newton", "hessian", "empirical"])
+def test_observation_spaces(policy: str, observation_space: spaces.Space, fisher: str) -> None:
+    """Every backend on every observation space, with the Fisher on every other sample."""
+    kwargs = {**TINY, "policy_kwargs": None, "sub_sampling_factor": 2}
+    model = NPG(policy, toy_env(spaces.Discrete(2), observation_space), fisher=fisher, **kwargs)
     before = flat_actor(model)
     model.learn(32)
     assert model._n_updates == 2
@@ -249,6 +252,17 @@ def test_non_finite_or_non_positive_xFx_skips_the_update(cause: str, monkeypatch
     assert th.isfinite(all_parameters(model)).all()
     assert model.skipped_updates == 1
     assert model.logger.name_to_value["train/skipped_updates"] == 1
+
+
+def test_non_finite_kl_after_the_step_restores_the_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = NPG("MlpPolicy", toy_env(), **TINY)
+    collect(model)
+    monkeypatch.setattr(sb3_npg.npg, "mean_summed_kl", lambda old, new: th.tensor(math.inf))
+    before = flat_actor(model)
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        model.train()
+    assert th.equal(flat_actor(model), before)
+    assert model.skipped_updates == 1
 
 
 @pytest.mark.parametrize("action_space", [ACTION_SPACES["box6d"], ACTION_SPACES["discrete"]], ids=["gaussian", "discrete"])

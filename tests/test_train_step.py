@@ -11,6 +11,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
+from torch import nn
 from torch.nn import functional as F
 
 import sb3_npg.npg
@@ -183,6 +184,9 @@ def test_parameter_split_with_separate_cnn_features_extractors() -> None:
     assert not ids(model.actor_parameters) & ids(critic_parameters(model))
 
 
+SEPARATE_HEADS_RELU = {"net_arch": {"pi": [8], "vf": [16, 8]}, "activation_fn": nn.ReLU}
+
+
 def reference_critic_fit(model: NPG, observations, returns: th.Tensor) -> None:
     """The plain critic regression: per epoch ``randperm``, minibatches, ``predict_values``, MSE, a fresh optimiser."""
     policy = model.policy
@@ -204,9 +208,11 @@ def reference_critic_fit(model: NPG, observations, returns: th.Tensor) -> None:
     [
         lambda: box6d(n_steps=50, batch_size=16, n_critic_updates=3),
         lambda: box6d(n_steps=50, batch_size=16, n_critic_updates=3, policy_kwargs={"share_features_extractor": False}),
+        lambda: box6d(n_steps=50, batch_size=16, n_critic_updates=3, policy_kwargs=SEPARATE_HEADS_RELU),
+        lambda: box6d(n_steps=50, batch_size=16, n_critic_updates=3, policy_kwargs={"activation_fn": nn.ELU}),
         image_model,
     ],
-    ids=["mlp", "mlp-separate-extractors", "cnn-shared"],
+    ids=["mlp", "mlp-separate-extractors", "mlp-relu-separate-heads", "mlp-elu", "cnn-shared"],
 )
 def test_fast_critic_loop_matches_reference_loop(make_model) -> None:
     """``_fit_critic`` (features precomputed once, tensor indexing) gives the parameters of the plain loop; the actor stays."""
