@@ -101,6 +101,15 @@ def read_results(path: pathlib.Path) -> list[dict[str, Any]]:
     return results
 
 
+def run_key(result: dict[str, Any]) -> RunKey:
+    """The (algo, env, seed, budget) a recorded run answers; the Zoo trains whole rollouts, so steps >= budget."""
+    budget = result.get("n_timesteps")
+    if budget is None:  # lines written before the budget was recorded: the budget rounded up to a whole rollout
+        steps = result["steps"]
+        budget = next((b for b in (*(b for _, b in BUDGETS.values()), QUICK_STEPS) if 0 <= steps - b < 20_000), steps)
+    return result["algo"], result["env"], result["seed"], int(budget)
+
+
 def append_result(path: pathlib.Path, result: dict[str, Any]) -> None:
     """Append one run, flushed to disk before returning."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +138,7 @@ class Runner:
         run_dir = self.run_dir(key)
         finished = run_dir / "result.json"
         if finished.is_file():  # finished, but the previous call was killed before recording it
-            return json.loads(finished.read_text())
+            return {**json.loads(finished.read_text()), "n_timesteps": steps}
         shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over
         run_dir.mkdir(parents=True)
         command = [sys.executable, str(HERE / "zoo_run.py"), "--algo", algo, "--env", env, "--seed", str(seed)]
@@ -147,6 +156,7 @@ class Runner:
             raise RuntimeError(f"{algo} {env} seed {seed} failed (exit {returncode}):\n  " + "\n  ".join(tail))
         result = json.loads(finished.read_text())
         result["wall_time_s"] = round(time.perf_counter() - start, 2)
+        result["n_timesteps"] = steps
         return result
 
     def stop(self) -> None:
@@ -161,7 +171,7 @@ def run_all(
     """Run every key not yet in the results file, ``jobs`` at a time; returns (runs done, failures)."""
     from tqdm import tqdm
 
-    done = {(r["algo"], r["env"], r["seed"], r["steps"]) for r in read_results(results_path)}
+    done = {run_key(r) for r in read_results(results_path)}
     pending = [key for key in keys if key not in done]
     print(f"{len(keys)} runs, {len(keys) - len(pending)} already in {results_path}, {len(pending)} to do")
     failures: list[str] = []
@@ -182,7 +192,8 @@ def run_all(
                     key = queue.popleft()
                     running[pool.submit(runner, key)] = key
                 bar.set_postfix_str(describe())
-                completed, _ = wait(running, return_when=FIRST_COMPLETED)
+                completed, _ = wait(running, timeout=10, return_when=FIRST_COMPLETED)
+                bar.refresh()  # keeps the elapsed time and the rate current during long runs
                 for future in completed:
                     key = running.pop(future)
                     bar.update(key[3])
@@ -324,7 +335,11 @@ def main() -> int:
         keys = [(algo, env, seed, budget[env]) for env in envs for seed in seeds for algo in args.algos]
         runner = Runner(log_root, args.eval_freq, verbose=0)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on `kill` as on Ctrl-C
-        _, failures = run_all(keys, results_path, runner, args.jobs, {"machine": machine()})
+        try:
+            _, failures = run_all(keys, results_path, runner, args.jobs, {"machine": machine()})
+        except (KeyboardInterrupt, SystemExit):
+            print(f"\nInterrupted: finished runs are in {results_path}; run the same command again to resume.")
+            return 130
 
     results = read_results(results_path)
     if results:

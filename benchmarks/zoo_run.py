@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "algo": args.algo,
         "env": args.env,
         "seed": args.seed,
+        "n_timesteps": args.n_timesteps,
         "steps": timing["num_timesteps"],
         "final_mean_return": float(np.mean(returns)),
         "final_std_return": float(np.std(returns)),
