@@ -11,6 +11,7 @@ checked against ``torch.linalg.solve``.
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
@@ -95,6 +96,40 @@ def test_fisher_vector_product_with_other_activations_and_depths(distribution: s
     fisher = make_fisher("gauss_newton", model.policy, model.actor_parameters, observations, actions, damping=0.1)
     for vector in th.randn(3, dense.shape[0], generator=th.Generator().manual_seed(12)):
         assert_close_in_norm(fisher.matvec(vector), dense @ vector, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("policy", "observation_space"),
+    [
+        (
+            "MultiInputPolicy",
+            spaces.Dict({"a": spaces.Box(-1, 1, (3,), np.float32), "b": spaces.Box(-1, 1, (2,), np.float32)}),
+        ),
+        ("MlpPolicy", spaces.Discrete(5)),
+    ],
+    ids=["dict", "discrete-observations"],
+)
+@pytest.mark.parametrize("backend", FISHER_BACKENDS)
+def test_fisher_on_preprocessed_observations(policy: str, observation_space: spaces.Space, backend: str) -> None:
+    """Dict and one-hot encoded observations, on a rollout: products and solves against the dense matrices."""
+    env_kwargs = {"action_space": ACTION_SPACES["box6d"], "observation_space": observation_space}
+    env = make_vec_env(ToyEnv, n_envs=1, seed=0, env_kwargs=env_kwargs)
+    model = NPG(policy, env, n_steps=32, batch_size=32, policy_kwargs={"net_arch": [8]}, seed=0)
+    perturb(model)
+    model.learn(32)
+    data = next(model.rollout_buffer.get(batch_size=None))
+    observations, actions = data.observations, data.actions
+    if backend == "empirical":
+        scores = dense_scores(model, observations, actions)
+        dense = scores.T @ scores / len(scores)
+    else:
+        dense = dense_kl_hessian(model, observations)
+    fisher = make_fisher(backend, model.policy, model.actor_parameters, observations, actions, damping=0.1)
+    generator = th.Generator().manual_seed(13)
+    vector, gradient = th.randn(2, dense.shape[0], generator=generator)
+    assert_close_in_norm(fisher.matvec(vector), dense @ vector, rtol=1e-4)
+    direction, _ = fisher.solve(gradient, max_iter=10 * dense.shape[0])
+    assert_close_in_norm(direction, th.linalg.solve(dense + 0.1 * th.eye(dense.shape[0]), gradient), rtol=1e-3)
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
