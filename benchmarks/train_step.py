@@ -73,8 +73,13 @@ def shared_rollout_models(algorithms: list[str], env_id: str, n_steps: int, widt
     return models
 
 
-def time_train(models: dict[str, BaseAlgorithm], repeats: int) -> dict[str, float]:
-    """Median seconds of ``train()`` per model, calls interleaved round-robin (one warm-up call each)."""
+def time_train(models: dict[str, BaseAlgorithm], repeats: int) -> dict[str, dict[str, float]]:
+    """
+    Time ``train()`` per model, calls interleaved round-robin (after one warm-up round).
+
+    :return: per model, the median milliseconds and the median over rounds of its time divided by TRPO's
+        in the same round (a paired ratio: load on the shared machine that lasts a round cancels out)
+    """
     times: dict[str, list[float]] = {name: [] for name in models}
     for repeat in range(repeats + 1):
         for name, model in models.items():
@@ -82,17 +87,24 @@ def time_train(models: dict[str, BaseAlgorithm], repeats: int) -> dict[str, floa
             model.train()
             if repeat > 0:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    reference = times.get("trpo")
+    return {
+        name: {
+            "median_ms": 1000 * statistics.median(values),
+            "ratio_to_trpo": statistics.median(v / r for v, r in zip(values, reference, strict=True)) if reference else 1.0,
+        }
+        for name, values in times.items()
+    }
 
 
 def timing(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Matched train-step times on HalfCheetah-v5 (64x64, 256x256) and CartPole-v1 (64x64)."""
     rows = []
     for env_id, width in (("HalfCheetah-v5", 64), ("HalfCheetah-v5", 256), ("CartPole-v1", 64)):
-        medians = time_train(shared_rollout_models(list(ALGORITHMS), env_id, 2048, width), args.repeats)
-        for algorithm, seconds in medians.items():
-            rows.append(dict(env=env_id, width=width, n_samples=2048, algorithm=algorithm, median_ms=1000 * seconds))
-            print(f"{env_id} {width}x{width} {algorithm:18s} {1000 * seconds:8.1f} ms  {seconds / medians['trpo']:.2f}x TRPO")
+        timings = time_train(shared_rollout_models(list(ALGORITHMS), env_id, 2048, width), args.repeats)
+        for algorithm, timed in timings.items():
+            rows.append(dict(env=env_id, width=width, n_samples=2048, algorithm=algorithm, **timed))
+            print(f"{env_id} {width}x{width} {algorithm:18s} {timed['median_ms']:8.1f} ms  {timed['ratio_to_trpo']:.2f}x TRPO")
     return rows
 
 
@@ -183,26 +195,30 @@ def scaling(args: argparse.Namespace) -> list[dict[str, Any]]:
     repeats = max(2, args.repeats // 3)
     sweep = [(n, 64) for n in batch_sizes] + [(2048, w) for w in widths if w != 64 or 2048 not in batch_sizes]
     for n_samples, width in sweep:
-        medians = time_train(shared_rollout_models(list(ALGORITHMS), "HalfCheetah-v5", n_samples, width), repeats)
-        for algorithm, seconds in medians.items():
-            rows.append(dict(n_samples=n_samples, width=width, algorithm=algorithm, median_ms=1000 * seconds))
-        print(f"{n_samples} samples, {width}x{width}: " + ", ".join(f"{a} {1000 * s:.0f} ms" for a, s in medians.items()))
+        timings = time_train(shared_rollout_models(list(ALGORITHMS), "HalfCheetah-v5", n_samples, width), repeats)
+        for algorithm, timed in timings.items():
+            rows.append(dict(n_samples=n_samples, width=width, algorithm=algorithm, **timed))
+        print(
+            f"{n_samples} samples, {width}x{width}: " + ", ".join(f"{a} {t['median_ms']:.0f} ms" for a, t in timings.items())
+        )
     return rows
+
+
+def _time_table(rows: list[dict[str, Any]], first_column: str) -> list[str]:
+    """Markdown rows: one line per (``first_column``, width), one cell per algorithm with its ratio to TRPO."""
+    lines = [f"| {first_column} | network | " + " | ".join(ALGORITHMS) + " |", "|---|---|" + "---|" * len(ALGORITHMS)]
+    for key, width in dict.fromkeys((row[first_column], row["width"]) for row in rows):
+        cells = {row["algorithm"]: row for row in rows if (row[first_column], row["width"]) == (key, width)}
+        timings = [f"{cells[a]['median_ms']:.0f} ms ({cells[a]['ratio_to_trpo']:.2f}x)" for a in ALGORITHMS]
+        lines.append(f"| {key} | {width}x{width} | " + " | ".join(timings) + " |")
+    return [*lines, ""]
 
 
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     lines = [f"Command: `{results['command']}`  ", f"Date: {results['date']}  ", f"Machine: {results['machine']}", ""]
     if "timing" in results:
-        lines += ["| env | network | " + " | ".join(ALGORITHMS) + " |", "|---|---|" + "---|" * len(ALGORITHMS)]
-        for env_id, width in dict.fromkeys((row["env"], row["width"]) for row in results["timing"]):
-            cells = {r["algorithm"]: r["median_ms"] for r in results["timing"] if (r["env"], r["width"]) == (env_id, width)}
-            lines.append(
-                f"| {env_id} | {width}x{width} | "
-                + " | ".join(f"{cells[a]:.1f} ms ({cells[a] / cells['trpo']:.2f}x)" for a in ALGORITHMS)
-                + " |"
-            )
-        lines.append("")
+        lines += _time_table(results["timing"], "env")
     if "kl" in results:
         lines += ["| env | target_kl | backend | updates | median KL / target_kl |", "|---|---|---|---|---|"]
         lines += [
@@ -215,15 +231,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"| {r['algorithm']} | {r['n_samples']} | {r['peak_mib']:.0f} MiB |" for r in results["memory"]]
         lines.append("")
     if "scaling" in results:
-        lines += ["| samples | network | " + " | ".join(ALGORITHMS) + " |", "|---|---|" + "---|" * len(ALGORITHMS)]
-        for n_samples, width in dict.fromkeys((row["n_samples"], row["width"]) for row in results["scaling"]):
-            cells = {
-                r["algorithm"]: r["median_ms"]
-                for r in results["scaling"]
-                if (r["n_samples"], r["width"]) == (n_samples, width)
-            }
-            lines.append(f"| {n_samples} | {width}x{width} | " + " | ".join(f"{cells[a]:.0f} ms" for a in ALGORITHMS) + " |")
-        lines.append("")
+        lines += _time_table(results["scaling"], "n_samples")
     return "\n".join(lines)
 
 
@@ -233,7 +241,7 @@ PARTS = {"timing": timing, "kl": kl_per_update, "memory": peak_memory, "scaling"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sweeps")
-    parser.add_argument("--repeats", type=int, default=None, help="timed train() calls per model (default 15, quick 5)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed train() calls per model (default 21, quick 5)")
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
     parser.add_argument("--memory-child", nargs=2, metavar=("ALGORITHM", "N_SAMPLES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -242,7 +250,7 @@ def main() -> None:
     if args.memory_child:
         peak_memory_child(args.memory_child[0], int(args.memory_child[1]), 64)
         return
-    args.repeats = args.repeats or (5 if args.quick else 15)
+    args.repeats = args.repeats or (5 if args.quick else 21)
 
     results: dict[str, Any] = {
         "command": "python " + " ".join(["benchmarks/train_step.py", *sys.argv[1:]]),
