@@ -282,7 +282,7 @@ def summary_table(results: list[dict[str, Any]]) -> str:
     header = "| env | steps | " + " | ".join(a.upper() for a in algos) + " | NPG - TRPO |"
     lines = [header, "|" + "---|" * (len(algos) + 3)]
     for env in envs:
-        steps = sorted({r["steps"] for a in algos for r in grouped.get((env, a), [])})
+        steps = sorted({run_key(r)[3] for a in algos for r in grouped.get((env, a), [])})
         cells, means = [], {}
         for algo in algos:
             runs = grouped.get((env, algo), [])
@@ -294,7 +294,9 @@ def summary_table(results: list[dict[str, Any]]) -> str:
             per_seed = " / ".join(f"{v:.0f}" for v in values)
             cells.append(f"**{np.mean(values):.0f}** ± {np.std(values):.0f} <br><sub>{per_seed}</sub>")
         diff = f"{means['npg'] - means['trpo']:+.0f}" if {"npg", "trpo"} <= means.keys() else "-"
-        lines.append(f"| {env} | {'/'.join(f'{s:.0e}' for s in steps)} | " + " | ".join(cells) + f" | {diff} |")
+        lines.append(
+            f"| {env} | {'/'.join(f'{s:.0e}'.replace('e+0', 'e') for s in steps)} | " + " | ".join(cells) + f" | {diff} |"
+        )
     times = []
     for algo in algos:
         per_algo = [r["train_time_s"] for (e, a), runs in grouped.items() if a == algo for r in runs if e in envs]
