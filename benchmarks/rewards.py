@@ -249,7 +249,9 @@ def plot_curves(results: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pa
             continue
         fig, axes = plt.subplots(1, len(members), figsize=(4.2 * len(members), 3.4), squeeze=False)
         for ax, env in zip(axes[0], members, strict=True):
-            for algo in sorted({a for e, a in grouped if e == env}, key=lambda a: (a not in ALGOS, a)):
+            for algo in sorted(
+                {a for e, a in grouped if e == env}, key=lambda a: (ALGOS.index(a) if a in ALGOS else len(ALGOS), a)
+            ):
                 runs = [r for r in grouped[(env, algo)] if r["curve_steps"]]
                 if not runs:
                     continue
@@ -257,7 +259,7 @@ def plot_curves(results: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pa
                 curves = np.array([np.interp(grid, r["curve_steps"], r["curve_returns"]) for r in runs])
                 mean, std = curves.mean(axis=0), curves.std(axis=0)
                 color = colors.get(algo)
-                ax.plot(grid, mean, color=color, label=f"{algo.upper()} ({len(runs)})")
+                ax.plot(grid, mean, color=color, label=f"{algo.upper()} (n={len(runs)})")
                 ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2)
             ax.set_title(env)
             ax.set_xlabel("environment steps")
