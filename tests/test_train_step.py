@@ -28,29 +28,33 @@ def collect(model: NPG) -> None:
 
 
 def batch_tensors(model: NPG):
-    """Observations, actions (in the shape ``train()`` uses) and normalised advantages of the whole rollout."""
+    """Observations, actions (in the shape ``train()`` uses) and (normalised) advantages of the whole rollout."""
     data = next(model.rollout_buffer.get(batch_size=None))
     actions = data.actions.long().flatten() if isinstance(model.action_space, spaces.Discrete) else data.actions
-    advantages = (data.advantages - data.advantages.mean()) / (data.advantages.std() + 1e-8)
+    advantages = data.advantages
+    if model.normalize_advantage:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     return data.observations, actions, advantages, data.returns
 
 
-def dense_step(model: NPG, fisher: str) -> tuple[th.Tensor, th.Tensor, float]:
+def dense_step(model: NPG) -> tuple[th.Tensor, th.Tensor, float]:
     """
-    The step ``sqrt(2 eps / x^T F x) x`` with ``x = (F + damping I)^-1 g``, from dense matrices.
+    The step ``sqrt(2 eps / x^T F x) x`` with ``x = (F + damping I)^-1 g``, from dense matrices
+    (``x^T (F + damping I) x`` with ``damped_step_size``).
 
-    :return: the step, the policy gradient and ``x^T F x``
+    :return: the step, the policy gradient and the quadratic form
     """
     observations, actions, advantages, _ = batch_tensors(model)
     scores = dense_scores(model, observations, actions)
     gradient = (advantages[:, None] * scores).mean(dim=0)
     every = slice(None, None, model.sub_sampling_factor)
-    if fisher == "empirical":
+    if model.fisher == "empirical":
         fisher_matrix = scores[every].T @ scores[every] / len(scores[every])
     else:
         fisher_matrix = dense_kl_hessian(model, observations[every])
-    direction = th.linalg.solve(fisher_matrix + model.cg_damping * th.eye(len(gradient)), gradient)
-    quadratic = (direction @ fisher_matrix @ direction).item()
+    damped = fisher_matrix + model.cg_damping * th.eye(len(gradient))
+    direction = th.linalg.solve(damped, gradient)
+    quadratic = (direction @ (damped if model.damped_step_size else fisher_matrix) @ direction).item()
     return (2 * model.target_kl / quadratic) ** 0.5 * direction, gradient, quadratic
 
 
@@ -84,7 +88,7 @@ def test_actor_step_is_the_dense_natural_gradient_step(make_model, fisher: str, 
     """Direction (cosine > 0.99) and length of the actor's change; the policy step leaves the critic alone (CG 15)."""
     model = make_model(fisher=fisher, target_kl=0.02, **TINY)
     collect(model)
-    expected, gradient, quadratic = dense_step(model, fisher)
+    expected, gradient, quadratic = dense_step(model)
     actor_before = flat_actor(model)
     critic_before = [p.detach().clone() for p in critic_parameters(model)]
     monkeypatch.setattr(model, "_fit_critic", lambda observations, returns: 0.0)
@@ -98,6 +102,21 @@ def test_actor_step_is_the_dense_natural_gradient_step(make_model, fisher: str, 
     assert logs["train/policy_gradient_norm"] == pytest.approx(gradient.norm().item(), rel=1e-4)
     assert logs["train/step_size"] == pytest.approx((2 * model.target_kl / quadratic) ** 0.5, rel=0.02)
     assert model.skipped_updates == 0
+
+
+@pytest.mark.parametrize("option", [{"damped_step_size": True}, {"normalize_advantage": False}], ids=lambda o: next(iter(o)))
+def test_step_options(option: dict) -> None:
+    """``damped_step_size`` normalises by ``x^T (F + damping I) x``; without normalisation ``g`` uses the raw advantages."""
+    model = box6d(target_kl=0.02, **TINY, **option)
+    collect(model)
+    expected, gradient, quadratic = dense_step(model)
+    before = flat_actor(model)
+    model.train()
+    change = flat_actor(model) - before
+    assert cosine(change, expected) > 0.99
+    assert change.norm().item() == pytest.approx(expected.norm().item(), rel=0.02)
+    assert model.logger.name_to_value["train/xFx"] == pytest.approx(quadratic, rel=0.02)
+    assert model.logger.name_to_value["train/policy_gradient_norm"] == pytest.approx(gradient.norm().item(), rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +149,7 @@ def test_sub_sampling_uses_every_kth_sample_for_the_fisher(monkeypatch: pytest.M
     monkeypatch.setattr(sb3_npg.npg, "make_fisher", spy)
     # The rollout buffer shuffles the batch with numpy's global generator: the same seed gives the same order.
     np.random.seed(0)
-    expected, _, _ = dense_step(model, "gauss_newton")
+    expected, _, _ = dense_step(model)
     before = flat_actor(model)
     np.random.seed(0)
     model.train()
