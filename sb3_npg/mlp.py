@@ -154,7 +154,8 @@ class LinearChain:
         ``output_gradients[i] . output[i]``), without forming ``G``: for a linear layer the per-sample
         gradient is the outer product of its delta and input, so its Gram is ``(D D^T) * (H H^T)``.
         """
-        gram = th.zeros(output_gradients.shape[0], output_gradients.shape[0], dtype=output_gradients.dtype)
+        n_samples = output_gradients.shape[0]
+        gram = th.zeros(n_samples, n_samples, dtype=output_gradients.dtype, device=output_gradients.device)
         for (linear, _), layer_input, delta in zip(
             self.layers, cache.inputs, self.backpropagate(cache, output_gradients), strict=True
         ):
