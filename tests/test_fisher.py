@@ -147,7 +147,10 @@ def test_empirical_fisher_equals_dense_outer_products(distribution: str) -> None
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_empirical_score_products_equal_dense_scores(distribution: str) -> None:
-    """``G v`` and ``G^T w`` with ``G`` the N x P matrix of per-sample scores ``grad log pi(a_i|s_i)``."""
+    """
+    ``G v``, ``G^T w`` and the Woodbury solve's ``G G^T`` (built without forming ``G``), with ``G`` the N x P
+    matrix of per-sample scores ``grad log pi(a_i|s_i)``.
+    """
     model = tiny_model(distribution)
     perturb(model)
     observations, actions = batch(model, 24)
@@ -158,20 +161,9 @@ def test_empirical_score_products_equal_dense_scores(distribution: str) -> None:
     vector, weights = th.randn(scores.shape[1], generator=generator), th.randn(scores.shape[0], generator=generator)
     assert_close_in_norm(fisher.score_products(vector), scores @ vector, rtol=1e-5)
     assert_close_in_norm(fisher.transposed_score_products(weights), scores.T @ weights, rtol=1e-5)
-
-
-@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
-def test_per_sample_gram_equals_dense_scores_gram(distribution: str) -> None:
-    """The Woodbury solve's ``G G^T``, built without forming ``G``, against the dense per-sample scores."""
-    model = tiny_model(distribution)
-    perturb(model)
-    observations, actions = batch(model, 24)
-    fisher = make_fisher("empirical", model.policy, model.actor_parameters, observations, actions, damping=0.1)
-    assert isinstance(fisher, EmpiricalFisher)
     with th.no_grad():
         output_scores = output_fisher(model.policy.get_distribution(observations), actions).scores
     assert output_scores is not None
-    scores = dense_scores(model, observations, actions)
     assert_close_in_norm(fisher.jacobian.gram(output_scores), scores @ scores.T, rtol=1e-5)
 
 
