@@ -119,6 +119,19 @@ def append_result(path: pathlib.Path, result: dict[str, Any]) -> None:
         os.fsync(file.fileno())
 
 
+def steps_so_far(run_dir: pathlib.Path) -> int:
+    """Environment steps of the finished episodes recorded in a run's monitor files (0 if none yet)."""
+    total = 0
+    for monitor in run_dir.glob("*/*/*.monitor.csv"):
+        try:
+            with open(monitor) as file:
+                lines = file.read().splitlines()[2:]  # a JSON header line, then "r,l,t"
+            total += sum(int(line.split(",")[1]) for line in lines if line.count(",") >= 2)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 class Runner:
     """Launches ``zoo_run.py`` processes and keeps track of them so that they can be stopped together."""
 
@@ -181,6 +194,7 @@ def run_all(
     running: dict[Future, RunKey] = {}
     queue = collections.deque(pending)
     finished = 0
+    completed_steps = 0
 
     def describe() -> str:
         return ", ".join(f"{a}/{e}/s{s}" for a, e, s, _ in running.values())
@@ -193,10 +207,14 @@ def run_all(
                     running[pool.submit(runner, key)] = key
                 bar.set_postfix_str(describe())
                 completed, _ = wait(running, timeout=10, return_when=FIRST_COMPLETED)
-                bar.refresh()  # keeps the elapsed time and the rate current during long runs
+                # steps of finished episodes of the runs in progress (monitor files), so long runs show progress
+                in_progress = sum(min(steps_so_far(runner.run_dir(key)), key[3]) for key in running.values())
+                bar.n = completed_steps + in_progress
+                bar.refresh()
                 for future in completed:
                     key = running.pop(future)
-                    bar.update(key[3])
+                    completed_steps += key[3]
+                    bar.n = completed_steps
                     try:
                         result = future.result()
                     except Exception as error:
