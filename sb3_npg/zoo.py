@@ -19,6 +19,10 @@ It also wraps three methods of ``rl_zoo3.exp_manager.ExperimentManager``, active
 
 Importing this module imports neither ``rl_zoo3`` nor ``optuna``; :func:`register` does, and raises an
 ``ImportError`` naming the extra to install when they are missing.
+
+:func:`run_zoo_script` runs one of RL Zoo's scripts after :func:`register` (the ``python -m sb3_npg.*``
+entry points), reporting input errors in one line; :func:`hub_compatibility` lets rl_zoo3's
+``push_to_hub`` import with ``huggingface_sb3`` 3.x.
 """
 
 import functools
