@@ -436,10 +436,10 @@ class HessianFisher(FisherOperator):
         ).detach()
 
 
-class GaussNewtonFisher(FisherOperator):
+class JacobianFisher(FisherOperator):
     """
-    ``F = J^T M J / N`` with the analytic Fisher ``M`` of the action distribution: exact at ``theta_old``,
-    with no second-order graph (hand-derived products for MLP actors, one reused autograd graph otherwise).
+    A Fisher built from the Jacobian ``J`` of the distribution outputs (see :func:`policy_jacobian`) and the
+    analytic Fisher and scores of the action distribution at ``theta_old`` (see :func:`output_fisher`).
     """
 
     def __init__(
@@ -453,13 +453,20 @@ class GaussNewtonFisher(FisherOperator):
         super().__init__(policy, parameters, observations, actions, damping)
         self.jacobian = policy_jacobian(policy, self.parameters, observations)
         with th.no_grad():
-            self._metric = output_fisher(policy.get_distribution(observations)).metric
+            self._output_fisher = output_fisher(policy.get_distribution(observations), actions)
+
+
+class GaussNewtonFisher(JacobianFisher):
+    """
+    ``F = J^T M J / N`` with the analytic Fisher ``M`` of the action distribution: exact at ``theta_old``,
+    with no second-order graph (hand-derived products for MLP actors, one reused autograd graph otherwise).
+    """
 
     def matvec(self, vector: th.Tensor) -> th.Tensor:
-        return self.jacobian.vjp(self._metric(self.jacobian.jvp(vector))) / self.jacobian.n_samples
+        return self.jacobian.vjp(self._output_fisher.metric(self.jacobian.jvp(vector))) / self.jacobian.n_samples
 
 
-class EmpiricalFisher(FisherOperator):
+class EmpiricalFisher(JacobianFisher):
     """
     The seed article's ``F = E[grad log pi(a|s) grad log pi(a|s)^T]`` from the sampled actions.
 
@@ -469,20 +476,10 @@ class EmpiricalFisher(FisherOperator):
     ``(damping I + G^T G / N)^-1 g = (g - G^T (N damping I + G G^T)^-1 G g) / damping``.
     """
 
-    def __init__(
-        self,
-        policy: ActorCriticPolicy,
-        parameters: Sequence[nn.Parameter],
-        observations: PyTorchObs,
-        actions: th.Tensor,
-        damping: float,
-    ):
-        super().__init__(policy, parameters, observations, actions, damping)
-        self.jacobian = policy_jacobian(policy, self.parameters, observations)
-        with th.no_grad():
-            scores = output_fisher(policy.get_distribution(observations), actions).scores
-        assert scores is not None
-        self._scores = scores
+    @property
+    def _scores(self) -> list[th.Tensor]:
+        assert self._output_fisher.scores is not None  # actions are always given
+        return self._output_fisher.scores
 
     def score_products(self, vector: th.Tensor) -> th.Tensor:
         """:return: ``G v``, the per-sample directional derivatives of ``log pi(a|s)``"""
