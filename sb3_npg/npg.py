@@ -345,11 +345,16 @@ class NPG(OnPolicyAlgorithm):
         """
         policy = self.policy
         critic_chain = self._critic_chain()
-        if critic_chain is not None:
+        if policy.share_features_extractor:
             with th.no_grad():
                 critic_inputs: PyTorchObs = policy.extract_features(observations, policy.features_extractor)  # type: ignore[assignment]
+
+            def predict_values(features: PyTorchObs) -> th.Tensor:
+                return policy.value_net(policy.mlp_extractor.forward_critic(features))  # type: ignore[arg-type]
+
         else:
             critic_inputs = observations
+            predict_values = policy.predict_values  # type: ignore[assignment]
 
         n_samples = returns.shape[0]
         losses = []
@@ -366,7 +371,7 @@ class NPG(OnPolicyAlgorithm):
                     for parameter, gradient in zip(critic_chain.parameters, gradients, strict=True):
                         parameter.grad = gradient
                 else:
-                    values = policy.predict_values(_index_observations(critic_inputs, index)).flatten()
+                    values = predict_values(_index_observations(critic_inputs, index)).flatten()
                     value_loss = F.mse_loss(values, returns[index])
                     value_loss.backward()
                 policy.optimizer.step()
