@@ -15,7 +15,9 @@ Outputs (full mode, default paths):
 
 Resumable: a run is appended to the results file as soon as it finishes, and runs already in the file
 are skipped. Killing the script loses at most the runs in progress (their log folders are cleared and
-they start over on the next call). Usage::
+they start over on the next call). A recorded run whose hyperparameters are no longer those of its
+config entry (``npg.yml`` was retuned since) is stale: it is run again, and the old line stays in the
+file; tables and figures use the current runs (a stale one only where no current one exists, marked †). Usage::
 
     python benchmarks/rewards.py --quick                       # minutes: 2 envs, 4 algos, 1 seed, 1e4 steps
     nice -n 10 python benchmarks/rewards.py --envs classic     # 1e5 steps, seeds 0 1 2
@@ -26,6 +28,7 @@ they start over on the next call). Usage::
 import argparse
 import collections
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -110,6 +113,33 @@ def run_key(result: dict[str, Any]) -> RunKey:
     return result["algo"], result["env"], result["seed"], int(budget)
 
 
+@functools.cache
+def current_entry(algo: str, env: str) -> tuple[tuple[str, str], ...] | None:
+    """
+    The hyperparameters a run of ``algo`` on ``env`` uses today (as the Zoo saves them: values as strings,
+    without ``n_timesteps``), from the same file and entry as ``zoo_run.py``; ``None`` if there is none.
+    """
+    import yaml
+    from zoo_run import zoo_config
+
+    with open(zoo_config(algo)) as file:
+        entries = yaml.safe_load(file)
+    name, _, _ = env.rpartition("-v")
+    entry = entries.get(env, entries.get(f"{name}-v4"))
+    if entry is None:
+        return None
+    return tuple(sorted((str(key), str(value)) for key, value in entry.items() if key != "n_timesteps"))
+
+
+def is_current(result: dict[str, Any]) -> bool:
+    """Whether a recorded run used the hyperparameters its config entry has today (unknown: assumed so)."""
+    saved = result.get("hyperparams")
+    entry = current_entry(result["algo"], result["env"])
+    if saved is None or entry is None:
+        return True
+    return tuple(sorted((key, value) for key, value in saved.items() if key != "n_timesteps")) == entry
+
+
 def append_result(path: pathlib.Path, result: dict[str, Any]) -> None:
     """Append one run, flushed to disk before returning."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +180,10 @@ class Runner:
         algo, env, seed, steps = key
         run_dir = self.run_dir(key)
         finished = run_dir / "result.json"
-        if finished.is_file():  # finished, but the previous call was killed before recording it
-            return {**json.loads(finished.read_text()), "n_timesteps": steps}
+        if finished.is_file():  # finished, but the previous call was killed before recording it (unless stale)
+            result = {**json.loads(finished.read_text()), "n_timesteps": steps}
+            if is_current(result):
+                return result
         shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over
         run_dir.mkdir(parents=True)
         command = [sys.executable, str(HERE / "zoo_run.py"), "--algo", algo, "--env", env, "--seed", str(seed)]
@@ -184,9 +216,13 @@ def run_all(
     """Run every key not yet in the results file, ``jobs`` at a time; returns (runs done, failures)."""
     from tqdm import tqdm
 
-    done = {run_key(r) for r in read_results(results_path)}
+    recorded = read_results(results_path)
+    done = {run_key(r) for r in recorded if is_current(r)}
+    stale = {run_key(r) for r in recorded} - done
     pending = [key for key in keys if key not in done]
     print(f"{len(keys)} runs, {len(keys) - len(pending)} already in {results_path}, {len(pending)} to do")
+    if stale & set(pending):
+        print(f"{len(stale & set(pending))} of them recorded with other hyperparameters than today's entry: run again")
     failures: list[str] = []
     if not pending:
         return 0, failures
@@ -239,10 +275,12 @@ def run_all(
 
 
 def group_results(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Runs by (env, algo), one per seed (the latest line wins), sorted by seed."""
+    """Runs by (env, algo), one per seed (the latest current line wins, else the latest stale one), sorted by seed."""
     latest: dict[tuple[str, str, int], dict[str, Any]] = {}
     for result in results:
-        latest[(result["env"], result["algo"], result["seed"])] = result
+        key = (result["env"], result["algo"], result["seed"])
+        if is_current(result) or key not in latest or not is_current(latest[key]):
+            latest[key] = result
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
     for (env, algo, _), result in sorted(latest.items()):
         grouped[(env, algo)].append(result)
@@ -301,6 +339,7 @@ def summary_table(results: list[dict[str, Any]]) -> str:
     algos += sorted({a for _, a in grouped} - set(algos))
     header = "| env | steps | " + " | ".join(a.upper() for a in algos) + " | NPG - TRPO |"
     lines = [header, "|" + "---|" * (len(algos) + 3)]
+    any_stale = False
     for env in envs:
         steps = sorted({run_key(r)[3] for a in algos for r in grouped.get((env, a), [])})
         cells, means = [], {}
@@ -311,7 +350,8 @@ def summary_table(results: list[dict[str, Any]]) -> str:
                 continue
             values = [r["final_mean_return"] for r in runs]
             means[algo] = float(np.mean(values))
-            per_seed = " / ".join(f"{v:.0f}" for v in values)
+            per_seed = " / ".join(f"{r['final_mean_return']:.0f}{'' if is_current(r) else '†'}" for r in runs)
+            any_stale = any_stale or not all(is_current(r) for r in runs)
             cells.append(f"**{np.mean(values):.0f}** ± {np.std(values):.0f} <br><sub>{per_seed}</sub>")
         diff = f"{means['npg'] - means['trpo']:+.0f}" if {"npg", "trpo"} <= means.keys() else "-"
         lines.append(
@@ -323,6 +363,9 @@ def summary_table(results: list[dict[str, Any]]) -> str:
         if per_algo:
             times.append(f"{algo.upper()} {np.mean(per_algo):.0f} s")
     lines.append("")
+    if any_stale:
+        lines.append("† run with hyperparameters that its config entry no longer has (not rerun yet).")
+        lines.append("")
     lines.append("Mean train time per run (all envs above): " + ", ".join(times) + ".")
     return "\n".join(lines) + "\n"
 

@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--curve-episodes", type=int, default=5, help="episodes per curve evaluation")
     parser.add_argument("--final-episodes", type=int, default=10, help="deterministic episodes of the final evaluation")
     parser.add_argument("--verbose", type=int, default=0)
+    parser.add_argument(
+        "--hyperparams",
+        nargs="+",
+        default=[],
+        metavar="KEY:VALUE",
+        help="overrides of the config entry, passed on to the Zoo's --hyperparams (for tuning runs)",
+    )
     args = parser.parse_args(argv)
 
     import torch as th
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         *("-n", str(args.n_timesteps), "-f", str(run_dir), "--conf-file", str(config)),
         *("--eval-freq", str(eval_freq), "--eval-episodes", str(args.curve_episodes), "--n-eval-envs", "1"),
         *("--num-threads", "1", "--device", "cpu", "--verbose", str(args.verbose)),
+        *(["--hyperparams", *args.hyperparams] if args.hyperparams else []),
     ]
     start = time.perf_counter()
     sys.argv = zoo_argv
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "skipped_updates": timing["skipped_updates"],
         "config": str(config.name if config.parent != run_dir else config),
         "config_entry": entry,
+        "overrides": args.hyperparams,
         "hyperparams": hyperparams,
         "curve_steps": steps,
         "curve_returns": curve,
