@@ -218,12 +218,14 @@ class PolicyJacobian(ABC):
     actor parameters, on a batch, as products only.
 
     :param parameters: the actor parameters, the coordinates of the flat vectors
-    :param n_samples: the batch size
+    :param distribution: the action distribution at ``theta_old`` on the batch (from the same forward
+        pass, safe to keep across an update)
     """
 
-    def __init__(self, parameters: Sequence[nn.Parameter], n_samples: int):
+    def __init__(self, parameters: Sequence[nn.Parameter], distribution: Distribution):
         self.parameters = list(parameters)
-        self.n_samples = n_samples
+        self.distribution = distribution
+        self.n_samples = distribution_outputs(distribution)[0].shape[0]
 
     @abstractmethod
     def jvp(self, vector: th.Tensor) -> list[th.Tensor]:
@@ -247,14 +249,17 @@ class AutogradJacobian(PolicyJacobian):
     """
 
     def __init__(self, policy: ActorCriticPolicy, parameters: Sequence[nn.Parameter], observations: PyTorchObs):
-        self._outputs = distribution_outputs(policy.get_distribution(observations))
-        super().__init__(parameters, self._outputs[0].shape[0])
-        self._dummies = [th.zeros_like(output, requires_grad=True) for output in self._outputs]
-        self._transposed = th.autograd.grad(
-            self._outputs, self.parameters, grad_outputs=self._dummies, create_graph=True, materialize_grads=True
-        )
+        super().__init__(parameters, copy.copy(policy.get_distribution(observations)))
+        self._outputs = distribution_outputs(self.distribution)
+        self._dummies: list[th.Tensor] = []
+        self._transposed: Sequence[th.Tensor] = ()
 
     def jvp(self, vector: th.Tensor) -> list[th.Tensor]:
+        if not self._dummies:  # the graph of J^T w, built on the first jvp (a vjp alone does not need it)
+            self._dummies = [th.zeros_like(output, requires_grad=True) for output in self._outputs]
+            self._transposed = th.autograd.grad(
+                self._outputs, self.parameters, grad_outputs=self._dummies, create_graph=True, materialize_grads=True
+            )
         return list(
             th.autograd.grad(
                 self._transposed,
@@ -299,12 +304,20 @@ class MLPJacobian(PolicyJacobian):
         parameters: Sequence[nn.Parameter],
         chain: LinearChain,
         features: th.Tensor,
+        action_distribution: Distribution,
         log_std: nn.Parameter | None,
         split_sizes: list[int] | None,
     ):
-        super().__init__(parameters, features.shape[0])
+        cache = chain.forward(features)
+        # The policy's distribution object is shared by all its calls: fill a copy from the cached output
+        distribution = copy.copy(action_distribution)
+        if log_std is not None:
+            distribution.proba_distribution(cache.output, log_std.detach())  # type: ignore[call-arg]
+        else:
+            distribution.proba_distribution(cache.output)  # type: ignore[call-arg]
+        super().__init__(parameters, distribution)
         self._chain = chain
-        self._cache = chain.forward(features)
+        self._cache = cache
         self._log_std = log_std
         self._split_sizes = split_sizes
         positions = {id(parameter): index for index, parameter in enumerate(self.parameters)}
@@ -337,7 +350,7 @@ class MLPJacobian(PolicyJacobian):
         with th.no_grad():
             features = BasePolicy.extract_features(policy, observations, policy.pi_features_extractor)
         split_sizes = list(distribution.action_dims) if isinstance(distribution, MultiCategoricalDistribution) else None
-        return cls(parameters, chain, features, log_std, split_sizes)
+        return cls(parameters, chain, features, distribution, log_std, split_sizes)
 
     def _chain_output(self, outputs: Sequence[th.Tensor]) -> th.Tensor:
         return th.cat(list(outputs), dim=1) if self._split_sizes is not None else outputs[0]
@@ -372,6 +385,23 @@ def policy_jacobian(policy: ActorCriticPolicy, parameters: Sequence[nn.Parameter
     return MLPJacobian.for_policy(policy, parameters, observations) or AutogradJacobian(policy, parameters, observations)
 
 
+def policy_gradient(jacobian: PolicyJacobian, actions: th.Tensor, advantages: th.Tensor) -> th.Tensor:
+    """
+    ``g = E[A * grad log pi(a|s)]`` at ``theta_old`` (the gradient of the surrogate ``E[A * pi_theta / pi_old]``
+    there), as ``J^T`` applied to the advantage-weighted scores of the actions in the distribution outputs:
+    no forward pass besides the Jacobian's own.
+
+    :param jacobian: the Jacobian on the batch of ``actions``
+    :param actions: the actions taken
+    :param advantages: their advantages
+    :return: ``g``, flat over the actor parameters
+    """
+    scores = output_fisher(jacobian.distribution, actions).scores
+    assert scores is not None  # actions were given
+    weights = (advantages / jacobian.n_samples).unsqueeze(-1)
+    return jacobian.vjp([weights * score for score in scores])
+
+
 class FisherOperator(ABC):
     """
     The Fisher information matrix of the policy on one batch, as an operator.
@@ -384,6 +414,8 @@ class FisherOperator(ABC):
     :param observations: the batch of observations the Fisher is averaged over
     :param actions: the actions taken in those states (used by the empirical Fisher only)
     :param damping: ``damping * I`` is added to ``F`` in ``solve``
+    :param jacobian: a :class:`PolicyJacobian` already built on the same batch, reused by the Jacobian
+        backends instead of a new forward pass
     """
 
     def __init__(
@@ -393,6 +425,7 @@ class FisherOperator(ABC):
         observations: PyTorchObs,
         actions: th.Tensor,
         damping: float,
+        jacobian: PolicyJacobian | None = None,
     ):
         self.parameters = list(parameters)
         self.damping = damping
@@ -424,6 +457,7 @@ class HessianFisher(FisherOperator):
         observations: PyTorchObs,
         actions: th.Tensor,
         damping: float,
+        jacobian: PolicyJacobian | None = None,
     ):
         super().__init__(policy, parameters, observations, actions, damping)
         old = old_distribution(policy, observations)
@@ -449,11 +483,12 @@ class JacobianFisher(FisherOperator):
         observations: PyTorchObs,
         actions: th.Tensor,
         damping: float,
+        jacobian: PolicyJacobian | None = None,
     ):
         super().__init__(policy, parameters, observations, actions, damping)
-        self.jacobian = policy_jacobian(policy, self.parameters, observations)
+        self.jacobian = jacobian or policy_jacobian(policy, self.parameters, observations)
         with th.no_grad():
-            self._output_fisher = output_fisher(policy.get_distribution(observations), actions)
+            self._output_fisher = output_fisher(self.jacobian.distribution, actions)
 
 
 class GaussNewtonFisher(JacobianFisher):
@@ -520,6 +555,7 @@ def make_fisher(
     observations: PyTorchObs,
     actions: th.Tensor,
     damping: float,
+    jacobian: PolicyJacobian | None = None,
 ) -> FisherOperator:
     """
     Build the Fisher operator of ``backend`` (one of :data:`FISHER_BACKENDS`) on a batch.
@@ -530,6 +566,7 @@ def make_fisher(
     :param observations: the batch of observations
     :param actions: the actions taken (for the empirical Fisher)
     :param damping: the damping added in ``solve``
+    :param jacobian: a :class:`PolicyJacobian` of the same batch to reuse (Jacobian backends)
     :return: the operator
     """
-    return FISHER_CLASSES[backend](policy, parameters, observations, actions, damping)
+    return FISHER_CLASSES[backend](policy, parameters, observations, actions, damping, jacobian)

@@ -116,9 +116,9 @@ class LinearChain:
             weight_tangent = next(tangent_iter)
             bias_tangent = next(tangent_iter) if linear.bias is not None else None
             layer_tangent = nn.functional.linear(layer_input, weight_tangent, bias_tangent)
-            if output_tangent is not None:
-                layer_tangent = layer_tangent + output_tangent @ linear.weight.detach().T
-            output_tangent = layer_tangent if derivative is None else layer_tangent * derivative
+            if output_tangent is not None:  # accumulated in place: no temporary the size of the batch
+                layer_tangent.addmm_(output_tangent, linear.weight.detach().T)
+            output_tangent = layer_tangent if derivative is None else layer_tangent.mul_(derivative)
         assert output_tangent is not None
         return output_tangent
 
@@ -131,10 +131,11 @@ class LinearChain:
         gradient = output_gradient
         for index in reversed(range(len(self.layers))):
             derivative = cache.derivatives[index]
-            delta = gradient if derivative is None else gradient * derivative
-            deltas.append(delta)
+            if derivative is not None:  # in place except on the caller's tensor
+                gradient = gradient * derivative if gradient is output_gradient else gradient.mul_(derivative)
+            deltas.append(gradient)
             if index > 0:
-                gradient = delta @ self.layers[index][0].weight.detach()
+                gradient = gradient @ self.layers[index][0].weight.detach()
         return deltas[::-1]
 
     def vjp(self, cache: ChainCache, output_gradient: th.Tensor) -> list[th.Tensor]:

@@ -27,10 +27,10 @@ from sb3_npg.fisher import (
     FISHER_BACKENDS,
     add_to_parameters_,
     distribution_outputs,
-    flatten,
     make_fisher,
     mean_summed_kl,
-    old_distribution,
+    policy_gradient,
+    policy_jacobian,
 )
 from sb3_npg.mlp import LinearChain
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
@@ -286,10 +286,11 @@ class NPG(OnPolicyAlgorithm):
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-        old = old_distribution(self.policy, observations)
-        log_prob = self.policy.get_distribution(observations).log_prob(actions)
-        # At theta_old the gradient of the surrogate E[A * pi_theta / pi_old] is E[A * grad log pi]
-        gradient = flatten(th.autograd.grad((advantages * log_prob).mean(), self.actor_parameters, materialize_grads=True))
+        # One forward pass at theta_old gives the old distribution, the policy gradient and (without
+        # sub-sampling) the Jacobian the Fisher products use
+        jacobian = policy_jacobian(self.policy, self.actor_parameters, observations)
+        old = jacobian.distribution
+        gradient = policy_gradient(jacobian, actions, advantages)
 
         fisher_index = slice(None, None, self.sub_sampling_factor)
         fisher = make_fisher(
@@ -299,11 +300,12 @@ class NPG(OnPolicyAlgorithm):
             _index_observations(observations, fisher_index),
             actions[fisher_index],
             self.cg_damping,
+            jacobian=jacobian if self.sub_sampling_factor == 1 else None,
         )
         direction, residual = fisher.solve(gradient, self.cg_max_steps)
         damped_quadratic = direction @ (gradient - residual)  # x^T (F + lambda I) x
         quadratic = damped_quadratic if self.damped_step_size else damped_quadratic - self.cg_damping * direction @ direction
-        del fisher  # frees its graph before the step
+        del fisher, jacobian  # free their graphs and caches before the step
 
         self.logger.record("train/policy_gradient_norm", gradient.norm().item())
         self.logger.record("train/cg_residual", residual.norm().item())

@@ -244,7 +244,7 @@ def test_non_finite_or_non_positive_xFx_skips_the_update(cause: str, monkeypatch
         model.rollout_buffer.advantages[:] = 0.0
     else:
         make_fisher = sb3_npg.npg.make_fisher
-        monkeypatch.setattr(sb3_npg.npg, "make_fisher", lambda *args: NaNSolve(make_fisher(*args)))
+        monkeypatch.setattr(sb3_npg.npg, "make_fisher", lambda *args, **kwargs: NaNSolve(make_fisher(*args, **kwargs)))
     before = flat_actor(model)
     with pytest.warns(RuntimeWarning, match="skipped"):
         model.train()
