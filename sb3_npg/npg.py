@@ -364,8 +364,7 @@ class NPG(OnPolicyAlgorithm):
             permutation = th.randperm(n_samples, device=self.device)
             for start in range(0, n_samples, self.batch_size):
                 index = permutation[start : start + self.batch_size]
-                policy.optimizer.zero_grad()
-                if critic_chain is not None:
+                if critic_chain is not None:  # gradients assigned, not accumulated: no zero_grad needed
                     cache = critic_chain.forward(critic_inputs[index])  # type: ignore[index]
                     errors = cache.output.flatten() - returns[index]
                     value_loss = errors.square().mean()
@@ -373,6 +372,7 @@ class NPG(OnPolicyAlgorithm):
                     for parameter, gradient in zip(critic_chain.parameters, gradients, strict=True):
                         parameter.grad = gradient
                 else:
+                    policy.optimizer.zero_grad()
                     values = predict_values(_index_observations(critic_inputs, index)).flatten()
                     value_loss = F.mse_loss(values, returns[index])
                     value_loss.backward()
