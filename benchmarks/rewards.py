@@ -23,6 +23,7 @@ file; tables and figures use the current runs (a stale one only where no current
     nice -n 10 python benchmarks/rewards.py --envs classic     # 1e5 steps, seeds 0 1 2
     nice -n 10 python benchmarks/rewards.py                    # everything (classic, box2d, mujoco)
     python benchmarks/rewards.py --plot-only                   # redraw the figures and the table
+    python benchmarks/rewards.py --adopt <zoo_run.py log folder>  # record a run made outside the suite
 """
 
 import argparse
@@ -274,6 +275,24 @@ def run_all(
     return finished, failures
 
 
+def adopt_run(run_dir: pathlib.Path, results_path: pathlib.Path) -> list[str]:
+    """Record a finished ``zoo_run.py`` run made outside the suite, if it used today's entry; returns failures."""
+    finished = run_dir / "result.json"
+    if not finished.is_file():
+        return [f"{run_dir}: no result.json (not a finished zoo_run.py run)"]
+    result = json.loads(finished.read_text())
+    if not is_current(result):
+        return [f"{run_dir}: its hyperparameters are not today's {result['algo']} entry for {result['env']}"]
+    if any(run_key(r) == run_key(result) and is_current(r) for r in read_results(results_path)):
+        return [f"{run_dir}: {run_key(result)} is already recorded"]
+    finished_at = datetime.datetime.fromtimestamp(finished.stat().st_mtime, datetime.timezone.utc)
+    result.update(machine=machine(), date=finished_at.isoformat(timespec="seconds"), wall_time_s=None)
+    result["adopted_from"] = str(run_dir)
+    append_result(results_path, result)
+    print(f"adopted {run_key(result)}: {result['final_mean_return']:.1f}")
+    return []
+
+
 def group_results(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Runs by (env, algo), one per seed (the latest current line wins, else the latest stale one), sorted by seed."""
     latest: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -382,6 +401,15 @@ def main() -> int:
     parser.add_argument("--results", type=pathlib.Path, default=None, help="JSON-lines results file")
     parser.add_argument("--log-root", type=pathlib.Path, default=None, help="RL Zoo log folders of the runs")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figures and the table")
+    parser.add_argument(
+        "--adopt",
+        nargs="+",
+        type=pathlib.Path,
+        default=[],
+        metavar="RUN_DIR",
+        help="record finished zoo_run.py runs made outside the suite (e.g. tuning runs) whose hyperparameters\n"
+        "are today's entry, instead of training them again",
+    )
     args = parser.parse_args()
 
     out_dir = HERE / "logs" / "quick" if args.quick else HERE / "results"
@@ -395,7 +423,9 @@ def main() -> int:
         parser.error(f"no default budget for {unknown}: pass --n-timesteps")
 
     failures: list[str] = []
-    if not args.plot_only:
+    for run_dir in args.adopt:
+        failures += adopt_run(run_dir, results_path)
+    if not args.plot_only and not args.adopt:
         budget = {env: args.n_timesteps or (QUICK_STEPS if args.quick else BUDGETS[env][1]) for env in envs}
         keys = [(algo, env, seed, budget[env]) for env in envs for seed in seeds for algo in args.algos]
         runner = Runner(log_root, args.eval_freq, verbose=0)
