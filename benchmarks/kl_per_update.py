@@ -7,8 +7,9 @@ equals ``target_kl``; this script shows how close the real KL stays to it over a
 
 The model is built from the env's entry in the shipped ``sb3_npg/hyperparams/npg.yml`` (``n_envs``,
 ``normalize``, ``policy_kwargs`` and the NPG arguments), trained with a CSV logger, and the
-``train/kl_divergence`` column is plotted per update. Outputs ``benchmarks/results/kl_<env>.png`` and
-``kl_<env>.csv``. Usage::
+``train/kl_divergence`` column is plotted per update, with NPG's own (undamped) step; if the entry uses
+TRPO's damped step (``damped_step_size: True``) that run is added to the figure. Outputs
+``benchmarks/results/kl_<env>.png`` and ``kl_<env>.csv`` (``kl_<env>_damped.csv``). Usage::
 
     nice -n 10 python benchmarks/kl_per_update.py                       # CartPole-v1 and HalfCheetah-v5, 1e5 steps
     python benchmarks/kl_per_update.py --envs Pendulum-v1 -n 20000
@@ -60,9 +61,9 @@ def build(env_id: str, entry: dict[str, Any], seed: int) -> NPG:
     return NPG(entry.get("policy", "MlpPolicy"), env, seed=seed, device="cpu", **arguments)
 
 
-def per_update_kl(env_id: str, n_timesteps: int, seed: int) -> tuple[NPG, list[dict[str, float]]]:
+def per_update_kl(env_id: str, entry: dict[str, Any], n_timesteps: int, seed: int) -> tuple[NPG, list[dict[str, float]]]:
     """Train and return the logged rows (one per update) with the measured KL and step size."""
-    model = build(env_id, npg_entry(env_id), seed)
+    model = build(env_id, entry, seed)
     with tempfile.TemporaryDirectory() as folder:
         model.set_logger(configure(folder, ["csv"]))
         model.learn(total_timesteps=n_timesteps)
@@ -72,18 +73,20 @@ def per_update_kl(env_id: str, n_timesteps: int, seed: int) -> tuple[NPG, list[d
     return model, [{key: float(row[key]) for key in keys if row.get(key)} for row in rows]
 
 
-def plot(env_id: str, model: NPG, rows: list[dict[str, float]], path: pathlib.Path) -> None:
+def plot(env_id: str, model: NPG, runs: dict[str, list[dict[str, float]]], path: pathlib.Path) -> None:
+    """Measured KL per update of each run (label -> rows), against ``target_kl``; the title gives the first run's spread."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    updates = np.arange(1, len(rows) + 1)
-    kl = np.array([row["train/kl_divergence"] for row in rows])
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(updates, kl, marker=".", lw=1, color="tab:red", label="measured KL after the step")
+    kls = {label: np.array([row["train/kl_divergence"] for row in rows]) for label, rows in runs.items()}
+    for (label, kl), color in zip(kls.items(), ("tab:red", "tab:blue"), strict=False):
+        ax.plot(np.arange(1, len(kl) + 1), kl, marker=".", lw=1, color=color, label=label)
     ax.axhline(model.target_kl, color="black", ls="--", label=f"target_kl = {model.target_kl:g}")
-    ax.set_ylim(0, max(kl.max(), model.target_kl) * 1.3)
+    kl = next(iter(kls.values()))
+    ax.set_ylim(0, max(max(k.max() for k in kls.values()), model.target_kl) * 1.3)
     dims = model.action_space.shape[0] if model.action_space.shape else 1
     space = f"{dims}-D Box" if model.action_space.shape else type(model.action_space).__name__
     ax.set_title(f"NPG on {env_id} ({space} actions): KL per update\nmean {kl.mean() / model.target_kl:.2f}x target, "
@@ -107,14 +110,25 @@ def main() -> None:
     th.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     for env_id in args.envs:
-        model, rows = per_update_kl(env_id, args.n_timesteps, args.seed)
-        with open(args.out / f"kl_{env_id}.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=sorted({key for row in rows for key in row}))
-            writer.writeheader()
-            writer.writerows(rows)
-        plot(env_id, model, rows, args.out / f"kl_{env_id}.png")
-        kl = np.array([row["train/kl_divergence"] for row in rows]) / model.target_kl
-        print(f"{env_id}: {len(rows)} updates, KL / target_kl mean {kl.mean():.3f}, min {kl.min():.3f}, max {kl.max():.3f}")
+        entry = npg_entry(env_id)
+        # NPG's own step (undamped xFx: KL-exact by construction); an entry with TRPO's damped step is run too
+        variants = {"measured KL after the step": {**entry, "damped_step_size": False}}
+        if entry.get("damped_step_size"):
+            variants["the same with the entry's damped_step_size=True"] = entry
+        runs: dict[str, list[dict[str, float]]] = {}
+        for (label, variant), suffix in zip(variants.items(), ("", "_damped"), strict=False):
+            model, rows = per_update_kl(env_id, variant, args.n_timesteps, args.seed)
+            runs[label] = rows
+            with open(args.out / f"kl_{env_id}{suffix}.csv", "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=sorted({key for row in rows for key in row}))
+                writer.writeheader()
+                writer.writerows(rows)
+            kl = np.array([row["train/kl_divergence"] for row in rows]) / model.target_kl
+            print(
+                f"{env_id} ({'damped' if suffix else 'undamped'} step): {len(rows)} updates, "
+                f"KL / target_kl mean {kl.mean():.3f}, min {kl.min():.3f}, max {kl.max():.3f}"
+            )
+        plot(env_id, model, runs, args.out / f"kl_{env_id}.png")
 
 
 if __name__ == "__main__":
