@@ -302,10 +302,11 @@ class NPG(OnPolicyAlgorithm):
             self.cg_damping,
             jacobian=jacobian if self.sub_sampling_factor == 1 else None,
         )
+        del jacobian  # kept by the Fisher if it uses it, freed otherwise
         direction, residual = fisher.solve(gradient, self.cg_max_steps)
         damped_quadratic = direction @ (gradient - residual)  # x^T (F + lambda I) x
         quadratic = damped_quadratic if self.damped_step_size else damped_quadratic - self.cg_damping * direction @ direction
-        del fisher, jacobian  # free their graphs and caches before the step
+        del fisher  # frees its graph and caches before the step
 
         self.logger.record("train/policy_gradient_norm", gradient.norm().item())
         self.logger.record("train/cg_residual", residual.norm().item())
