@@ -18,10 +18,16 @@ from torch import nn
 from sb3_npg import NPG
 from sb3_npg.fisher import (
     FISHER_BACKENDS,
+    AutogradJacobian,
     EmpiricalFisher,
+    MLPJacobian,
     conjugate_gradient,
+    flatten,
     make_fisher,
+    mean_summed_kl,
     output_fisher,
+    policy_gradient,
+    policy_jacobian,
 )
 from tests.dense import dense_kl_hessian, dense_scores
 from tests.envs import ACTION_SPACES, ToyEnv
@@ -165,6 +171,29 @@ def test_empirical_score_products_equal_dense_scores(distribution: str) -> None:
         output_scores = output_fisher(model.policy.get_distribution(observations), actions).scores
     assert output_scores is not None
     assert_close_in_norm(fisher.jacobian.gram(output_scores), scores @ scores.T, rtol=1e-5)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_policy_gradient_and_old_distribution_from_the_jacobian(distribution: str) -> None:
+    """
+    ``g = J^T (A * scores) / N`` equals autograd's gradient of ``mean(A * log pi(a|s))``, and the Jacobian's
+    distribution is the policy's at ``theta_old`` (hand-derived MLP Jacobian, or autograd for gSDE).
+    """
+    model = tiny_model(distribution)
+    perturb(model)
+    observations, actions = batch(model, 24)
+    if isinstance(model.action_space, spaces.Discrete):
+        actions = actions.long().flatten()
+    advantages = th.randn(24, generator=th.Generator().manual_seed(12))
+    log_prob = model.policy.get_distribution(observations).log_prob(actions)
+    expected = th.autograd.grad((advantages * log_prob).mean(), model.actor_parameters)
+    jacobian = policy_jacobian(model.policy, model.actor_parameters, observations)
+    assert isinstance(jacobian, AutogradJacobian if distribution == "gsde" else MLPJacobian)
+    assert_close_in_norm(policy_gradient(jacobian, actions, advantages), flatten(expected), rtol=1e-5)
+    with th.no_grad():
+        reference = model.policy.get_distribution(observations)
+        assert th.allclose(jacobian.distribution.log_prob(actions), reference.log_prob(actions), atol=1e-6)
+        assert float(mean_summed_kl(jacobian.distribution, reference)) == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
