@@ -120,16 +120,12 @@ def current_entry(algo: str, env: str) -> tuple[tuple[str, str], ...] | None:
     The hyperparameters a run of ``algo`` on ``env`` uses today (as the Zoo saves them: values as strings,
     without ``n_timesteps``), from the same file and entry as ``zoo_run.py``; ``None`` if there is none.
     """
-    import yaml
-    from zoo_run import zoo_config
+    from zoo_run import config_entry
 
-    with open(zoo_config(algo)) as file:
-        entries = yaml.safe_load(file)
-    name, _, _ = env.rpartition("-v")
-    entry = entries.get(env, entries.get(f"{name}-v4"))
-    if entry is None:
+    found = config_entry(algo, env)
+    if found is None:
         return None
-    return tuple(sorted((str(key), str(value)) for key, value in entry.items() if key != "n_timesteps"))
+    return tuple(sorted((str(key), str(value)) for key, value in found[1].items() if key != "n_timesteps"))
 
 
 def is_current(result: dict[str, Any]) -> bool:

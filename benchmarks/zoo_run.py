@@ -41,6 +41,19 @@ def zoo_config(algo: str) -> pathlib.Path:
     return pathlib.Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml"
 
 
+def config_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The entry of ``algo``'s config file used for ``env_id``: its own, else its ``-v4`` sibling's; ``None`` if neither."""
+    with open(zoo_config(algo)) as file:
+        entries = yaml.safe_load(file)
+    if env_id in entries:
+        return env_id, entries[env_id]
+    name, _, version = env_id.rpartition("-v")
+    sibling = f"{name}-v4"
+    if version != "4" and sibling in entries:
+        return sibling, entries[sibling]
+    return None
+
+
 def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathlib.Path, str]:
     """
     The config file to pass to the Zoo and the entry it will use for ``env_id``.
@@ -49,20 +62,17 @@ def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathl
     the requested name is written into ``run_dir`` (same settings, nothing else changed).
     """
     config = zoo_config(algo)
-    with open(config) as file:
-        entries = yaml.safe_load(file)
-    if env_id in entries:
+    found = config_entry(algo, env_id)
+    if found is None:
+        raise KeyError(f"{config} has no entry for {env_id} (nor its -v4 sibling)")
+    name, entry = found
+    if name == env_id:
         return config, env_id
-    name, _, version = env_id.rpartition("-v")
-    sibling = f"{name}-v4"
-    if version != "4" and sibling in entries:
-        copied = {env_id: entries[sibling]}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        patched = run_dir / f"{algo}_{env_id}.yml"
-        with open(patched, "w") as file:
-            yaml.safe_dump(copied, file)
-        return patched, sibling
-    raise KeyError(f"{config} has no entry for {env_id} (nor {sibling})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    patched = run_dir / f"{algo}_{env_id}.yml"
+    with open(patched, "w") as file:
+        yaml.safe_dump({env_id: entry}, file)
+    return patched, name
 
 
 def register_npg() -> None:
