@@ -212,6 +212,22 @@ def output_fisher(distribution: Distribution, actions: th.Tensor | None = None) 
     return OutputFisher(metric, scores)
 
 
+def _detached(distribution: Distribution) -> Distribution:
+    """A copy of an SB3 distribution (see :func:`distribution_outputs` for the kinds) with no autograd graph."""
+    detached = copy.copy(distribution)
+    inner = distribution.distribution
+    if isinstance(distribution, MultiCategoricalDistribution):
+        parts = distribution.distribution
+        detached.distribution = [th.distributions.Categorical(logits=part.logits.detach()) for part in parts]
+    elif isinstance(inner, th.distributions.Normal):
+        detached.distribution = th.distributions.Normal(inner.loc.detach(), inner.scale.detach())
+    elif isinstance(inner, th.distributions.Categorical | th.distributions.Bernoulli):
+        detached.distribution = type(inner)(logits=inner.logits.detach())
+    else:
+        raise NotImplementedError(f"No analytic Fisher for {type(distribution).__name__}")
+    return detached
+
+
 class PolicyJacobian(ABC):
     """
     The Jacobian ``J`` of the distribution outputs (see :func:`distribution_outputs`) with respect to the
@@ -249,8 +265,11 @@ class AutogradJacobian(PolicyJacobian):
     """
 
     def __init__(self, policy: ActorCriticPolicy, parameters: Sequence[nn.Parameter], observations: PyTorchObs):
-        super().__init__(parameters, copy.copy(policy.get_distribution(observations)))
-        self._outputs = distribution_outputs(self.distribution)
+        distribution = policy.get_distribution(observations)
+        self._outputs = distribution_outputs(distribution)
+        # The graph stays with the outputs; the distribution kept (e.g. as the old policy for the KL after the
+        # step) must not hold it alive once this Jacobian is dropped
+        super().__init__(parameters, _detached(distribution))
         self._dummies: list[th.Tensor] = []
         self._transposed: Sequence[th.Tensor] = ()
 

@@ -22,6 +22,7 @@ from sb3_npg.fisher import (
     EmpiricalFisher,
     MLPJacobian,
     conjugate_gradient,
+    distribution_outputs,
     flatten,
     make_fisher,
     mean_summed_kl,
@@ -190,6 +191,8 @@ def test_policy_gradient_and_old_distribution_from_the_jacobian(distribution: st
     jacobian = policy_jacobian(model.policy, model.actor_parameters, observations)
     assert isinstance(jacobian, AutogradJacobian if distribution == "gsde" else MLPJacobian)
     assert_close_in_norm(policy_gradient(jacobian, actions, advantages), flatten(expected), rtol=1e-5)
+    # kept as the old policy through the step: it must not hold the forward graph alive
+    assert not any(output.requires_grad for output in distribution_outputs(jacobian.distribution))
     with th.no_grad():
         reference = model.policy.get_distribution(observations)
         assert th.allclose(jacobian.distribution.log_prob(actions), reference.log_prob(actions), atol=1e-6)
