@@ -29,6 +29,28 @@ ELEMENTWISE_ACTIVATIONS = (
 )
 
 
+class ActivationDerivative(NamedTuple):
+    """
+    The derivative of an elementwise activation at the points of one forward pass, for products with it.
+
+    :param saved: the activation's output for ``Tanh`` and ``ReLU`` (their derivatives follow from it, and one
+        fused kernel applies them), the derivative itself for any other activation
+    :param activation: ``"tanh"``, ``"relu"`` or ``"other"``
+    """
+
+    saved: th.Tensor
+    activation: str
+
+    def multiply(self, gradient: th.Tensor, in_place: bool) -> th.Tensor:
+        """:return: ``gradient`` times the derivative, written into ``gradient`` if ``in_place``"""
+        out = gradient if in_place else th.empty_like(gradient)
+        if self.activation == "tanh":
+            return th.ops.aten.tanh_backward.grad_input(gradient, self.saved, grad_input=out)
+        if self.activation == "relu":
+            return th.ops.aten.threshold_backward.grad_input(gradient, self.saved, 0, grad_input=out)
+        return th.mul(gradient, self.saved, out=out)
+
+
 class ChainCache(NamedTuple):
     """
     What one forward pass keeps for the products.
@@ -39,22 +61,23 @@ class ChainCache(NamedTuple):
     """
 
     inputs: list[th.Tensor]
-    derivatives: list[th.Tensor | None]
+    derivatives: list[ActivationDerivative | None]
     output: th.Tensor
 
 
-def _activation_with_derivative(activation: nn.Module, pre_activation: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+def _activation_with_derivative(activation: nn.Module, pre_activation: th.Tensor) -> tuple[th.Tensor, ActivationDerivative]:
     """Apply an elementwise activation and return its derivative at the same point."""
     if isinstance(activation, nn.Tanh):
         output = th.tanh(pre_activation)
-        return output, 1 - output * output
+        return output, ActivationDerivative(output, "tanh")
     if isinstance(activation, nn.ReLU):
-        return th.relu(pre_activation), (pre_activation > 0).to(pre_activation.dtype)
+        output = th.relu(pre_activation)
+        return output, ActivationDerivative(output, "relu")
     with th.enable_grad():
         point = pre_activation.detach().requires_grad_(True)
         output = activation(point)
         (derivative,) = th.autograd.grad(output.sum(), point)
-    return output.detach(), derivative
+    return output.detach(), ActivationDerivative(derivative, "other")
 
 
 class LinearChain:
@@ -71,6 +94,10 @@ class LinearChain:
             self.parameters.append(linear.weight)
             if linear.bias is not None:
                 self.parameters.append(linear.bias)
+        # Detached views of the layers' current values (they follow in-place updates such as an optimiser's):
+        # the products below run without autograd and without a module lookup per call
+        self._weights = [linear.weight.detach() for linear, _ in self.layers]
+        self._biases = [None if linear.bias is None else linear.bias.detach() for linear, _ in self.layers]
 
     @classmethod
     def from_modules(cls, modules: Iterable[nn.Module]) -> "LinearChain | None":
@@ -95,14 +122,13 @@ class LinearChain:
         """:return: the output and what the products need (no autograd graph is built)"""
         layer_inputs, derivatives = [], []
         hidden = inputs.detach()
-        with th.no_grad():
-            for linear, activation in self.layers:
-                layer_inputs.append(hidden)
-                hidden = nn.functional.linear(hidden, linear.weight, linear.bias)
-                derivative = None
-                if activation is not None:
-                    hidden, derivative = _activation_with_derivative(activation, hidden)
-                derivatives.append(derivative)
+        for (_, activation), weight, bias in zip(self.layers, self._weights, self._biases, strict=True):
+            layer_inputs.append(hidden)
+            hidden = nn.functional.linear(hidden, weight, bias)
+            derivative = None
+            if activation is not None:
+                hidden, derivative = _activation_with_derivative(activation, hidden)
+            derivatives.append(derivative)
         return ChainCache(layer_inputs, derivatives, hidden)
 
     def jvp(self, cache: ChainCache, tangents: Sequence[th.Tensor]) -> th.Tensor:
@@ -112,13 +138,15 @@ class LinearChain:
         """
         tangent_iter = iter(tangents)
         output_tangent: th.Tensor | None = None
-        for (linear, _), layer_input, derivative in zip(self.layers, cache.inputs, cache.derivatives, strict=True):
+        for weight, bias, layer_input, derivative in zip(
+            self._weights, self._biases, cache.inputs, cache.derivatives, strict=True
+        ):
             weight_tangent = next(tangent_iter)
-            bias_tangent = next(tangent_iter) if linear.bias is not None else None
+            bias_tangent = next(tangent_iter) if bias is not None else None
             layer_tangent = nn.functional.linear(layer_input, weight_tangent, bias_tangent)
             if output_tangent is not None:  # accumulated in place: no temporary the size of the batch
-                layer_tangent.addmm_(output_tangent, linear.weight.detach().T)
-            output_tangent = layer_tangent if derivative is None else layer_tangent.mul_(derivative)
+                layer_tangent.addmm_(output_tangent, weight.T)
+            output_tangent = layer_tangent if derivative is None else derivative.multiply(layer_tangent, in_place=True)
         assert output_tangent is not None
         return output_tangent
 
@@ -132,20 +160,19 @@ class LinearChain:
         for index in reversed(range(len(self.layers))):
             derivative = cache.derivatives[index]
             if derivative is not None:  # in place except on the caller's tensor
-                gradient = gradient * derivative if gradient is output_gradient else gradient.mul_(derivative)
+                gradient = derivative.multiply(gradient, in_place=gradient is not output_gradient)
             deltas.append(gradient)
             if index > 0:
-                gradient = gradient @ self.layers[index][0].weight.detach()
+                gradient = gradient @ self._weights[index]
         return deltas[::-1]
 
     def vjp(self, cache: ChainCache, output_gradient: th.Tensor) -> list[th.Tensor]:
         """:return: ``J^T u``: the gradient of ``sum(u * output)`` for each entry of ``self.parameters``"""
         gradients: list[th.Tensor] = []
-        for (linear, _), layer_input, delta in zip(
-            self.layers, cache.inputs, self.backpropagate(cache, output_gradient), strict=True
-        ):
+        deltas = self.backpropagate(cache, output_gradient)
+        for bias, layer_input, delta in zip(self._biases, cache.inputs, deltas, strict=True):
             gradients.append(delta.T @ layer_input)
-            if linear.bias is not None:
+            if bias is not None:
                 gradients.append(delta.sum(dim=0))
         return gradients
 
@@ -157,11 +184,10 @@ class LinearChain:
         """
         n_samples = output_gradients.shape[0]
         gram = th.zeros(n_samples, n_samples, dtype=output_gradients.dtype, device=output_gradients.device)
-        for (linear, _), layer_input, delta in zip(
-            self.layers, cache.inputs, self.backpropagate(cache, output_gradients), strict=True
-        ):
+        deltas = self.backpropagate(cache, output_gradients)
+        for bias, layer_input, delta in zip(self._biases, cache.inputs, deltas, strict=True):
             input_gram = layer_input @ layer_input.T
-            if linear.bias is not None:
+            if bias is not None:
                 input_gram += 1
             gram += (delta @ delta.T) * input_gram
         return gram

@@ -10,6 +10,7 @@ import io
 import pathlib
 import warnings
 import zipfile
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -22,6 +23,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.common.utils import explained_variance
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.adam import adam
 
 from sb3_npg.fisher import (
     FISHER_BACKENDS,
@@ -63,6 +65,47 @@ def _existing_save_file(path: pathlib.Path) -> pathlib.Path:
     if missing:
         raise ValueError(f"'{path}' is not a complete saved model: missing {', '.join(sorted(missing))}")
     return path
+
+
+def _fused_adam_step(optimizer: th.optim.Optimizer, parameters: list[th.Tensor]) -> Callable[[list[th.Tensor]], None] | None:
+    """
+    The update of a fused ``Adam``/``AdamW`` on ``parameters`` as a function of their gradients, or ``None``.
+
+    It calls ``torch.optim.adam.adam`` (the function ``Adam.step`` runs) on the optimiser's own state and
+    hyperparameters: the same update, without ``Optimizer.step``'s per-call bookkeeping, which costs as much
+    as the critic's products on SB3's small networks (its step hooks are not run). ``None`` unless the
+    optimiser is a fused Adam or AdamW without ``amsgrad``, with one parameter group holding exactly
+    ``parameters``, and its state exists (``optimizer.step()`` creates it on the first step).
+    """
+    if type(optimizer) not in (th.optim.Adam, th.optim.AdamW) or len(optimizer.param_groups) != 1:
+        return None
+    group = optimizer.param_groups[0]
+    if not group["fused"] or group["amsgrad"] or {id(p) for p in group["params"]} != {id(p) for p in parameters}:
+        return None
+    states = [optimizer.state.get(parameter, {}) for parameter in parameters]
+    if not all("exp_avg" in state for state in states):
+        return None
+
+    def step(gradients: list[th.Tensor]) -> None:
+        adam(
+            parameters,
+            gradients,
+            [state["exp_avg"] for state in states],
+            [state["exp_avg_sq"] for state in states],
+            [],
+            [state["step"] for state in states],
+            fused=True,
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            amsgrad=False,
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
+
+    return step
 
 
 class NPG(OnPolicyAlgorithm):
@@ -342,7 +385,7 @@ class NPG(OnPolicyAlgorithm):
 
         Minibatches are indexed straight from the batch tensors. With a shared features extractor (an
         actor parameter, not moved by the critic) the features are computed once for all epochs, and an
-        MLP critic (SB3's ``MlpPolicy``) gets its gradients from hand-derived products instead of autograd.
+        MLP critic (SB3's ``MlpPolicy``) takes :meth:`_fit_mlp_critic`: hand-derived products instead of autograd.
 
         :return: the mean value loss
         """
@@ -359,26 +402,49 @@ class NPG(OnPolicyAlgorithm):
             critic_inputs = observations
             predict_values = policy.predict_values  # type: ignore[assignment]
 
+        if critic_chain is not None:
+            return self._fit_mlp_critic(critic_chain, critic_inputs, returns)  # type: ignore[arg-type]
         n_samples = returns.shape[0]
         losses = []
         for _ in range(self.n_critic_updates):
             permutation = th.randperm(n_samples, device=self.device)
             for start in range(0, n_samples, self.batch_size):
                 index = permutation[start : start + self.batch_size]
-                if critic_chain is not None:  # gradients assigned, not accumulated: no zero_grad needed
-                    cache = critic_chain.forward(critic_inputs[index])  # type: ignore[index]
-                    errors = cache.output.flatten() - returns[index]
-                    value_loss = errors.square().mean()
-                    gradients = critic_chain.vjp(cache, (2.0 / errors.numel()) * errors.unsqueeze(1))
-                    for parameter, gradient in zip(critic_chain.parameters, gradients, strict=True):
-                        parameter.grad = gradient
-                else:
-                    policy.optimizer.zero_grad()
-                    values = predict_values(_index_observations(critic_inputs, index)).flatten()
-                    value_loss = F.mse_loss(values, returns[index])
-                    value_loss.backward()
+                policy.optimizer.zero_grad()
+                values = predict_values(_index_observations(critic_inputs, index)).flatten()
+                value_loss = F.mse_loss(values, returns[index])
+                value_loss.backward()
                 policy.optimizer.step()
                 losses.append(value_loss.detach())
+        return th.stack(losses).mean().item()
+
+    def _fit_mlp_critic(self, critic_chain: LinearChain, features: th.Tensor, returns: th.Tensor) -> float:
+        """
+        ``_fit_critic`` for an MLP value head on shared features: the same minibatches and updates, with the
+        gradients from the chain's products and, once the optimiser has state, its fused Adam update called
+        directly (see :func:`_fused_adam_step`). Each epoch shuffles the batch once; its minibatches are slices.
+
+        :return: the mean value loss
+        """
+        n_samples = returns.shape[0]
+        optimizer = self.policy.optimizer
+        adam_step = _fused_adam_step(optimizer, critic_chain.parameters)
+        losses = []
+        for _ in range(self.n_critic_updates):
+            permutation = th.randperm(n_samples, device=self.device)
+            shuffled_features, shuffled_returns = features[permutation], returns[permutation].unsqueeze(1)
+            for start in range(0, n_samples, self.batch_size):
+                cache = critic_chain.forward(shuffled_features[start : start + self.batch_size])
+                errors = cache.output - shuffled_returns[start : start + self.batch_size]
+                losses.append(errors.square().mean())
+                gradients = critic_chain.vjp(cache, errors.mul_(2.0 / errors.numel()))  # the MSE's output gradient
+                if adam_step is not None:
+                    adam_step(gradients)
+                else:  # gradients assigned, not accumulated: no zero_grad needed
+                    for parameter, gradient in zip(critic_chain.parameters, gradients, strict=True):
+                        parameter.grad = gradient
+                    optimizer.step()
+                    adam_step = _fused_adam_step(optimizer, critic_chain.parameters)
         return th.stack(losses).mean().item()
 
     def _critic_chain(self) -> LinearChain | None:

@@ -256,3 +256,57 @@ def test_fast_critic_loop_matches_reference_loop(make_model) -> None:
     assert all(not th.equal(p, before) for p, before in zip(fast, critic_before, strict=True))
     for fast_p, reference_p in zip(fast, reference, strict=True):
         th.testing.assert_close(fast_p, reference_p, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adam_step_continues_the_optimiser_state_across_calls() -> None:
+    """
+    After the critic optimiser's first ``step()``, the critic's updates go through ``torch.optim.adam.adam`` on the
+    optimiser's own state: two ``_fit_critic`` calls match two passes of the plain loop with one optimiser,
+    and the optimiser's step count counts every minibatch (so a saved and reloaded optimiser carries on).
+    """
+    model = box6d(n_steps=50, batch_size=16, n_critic_updates=3)
+    collect(model)
+    observations, _, _, returns = batch_tensors(model)
+    start = {name: value.clone() for name, value in model.policy.state_dict().items()}
+    chain_parameters = model._critic_chain().parameters
+    assert sb3_npg.npg._fused_adam_step(model.policy.optimizer, chain_parameters) is None  # no state yet
+
+    th.manual_seed(5)
+    for _ in range(2):
+        model._fit_critic(observations, returns)
+    fast = [p.detach().clone() for p in critic_parameters(model)]
+    minibatches_per_call = model.n_critic_updates * -(-len(returns) // model.batch_size)
+    steps = {model.policy.optimizer.state[p]["step"].item() for p in chain_parameters}
+    assert steps == {2 * minibatches_per_call}
+    assert sb3_npg.npg._fused_adam_step(model.policy.optimizer, chain_parameters) is not None
+
+    model.policy.load_state_dict(start)
+    policy = model.policy
+    optimizer = policy.optimizer_class(critic_parameters(model), lr=model.lr_schedule(1), **policy.optimizer_kwargs)
+    th.manual_seed(5)
+    for _ in range(2 * model.n_critic_updates):
+        permutation = th.randperm(len(returns))
+        for first in range(0, len(returns), model.batch_size):
+            index = permutation[first : first + model.batch_size]
+            optimizer.zero_grad()
+            F.mse_loss(policy.predict_values(select(observations, index)).flatten(), returns[index]).backward()
+            optimizer.step()
+    for fast_p, reference_p in zip(fast, critic_parameters(model), strict=True):
+        th.testing.assert_close(fast_p, reference_p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adam_step_only_for_a_fused_adam_on_the_critic_parameters() -> None:
+    """Any other optimiser (or one holding other parameters) keeps ``optimizer.step()``."""
+    parameters = [nn.Parameter(th.ones(3))]
+    for optimizer in (
+        th.optim.Adam(parameters, fused=False),
+        th.optim.Adam(parameters, fused=True, amsgrad=True),
+        th.optim.SGD(parameters, lr=0.1),
+    ):
+        parameters[0].grad = th.ones(3)
+        optimizer.step()
+        assert sb3_npg.npg._fused_adam_step(optimizer, parameters) is None
+    optimizer = th.optim.AdamW(parameters, fused=True)
+    optimizer.step()
+    assert sb3_npg.npg._fused_adam_step(optimizer, parameters) is not None
+    assert sb3_npg.npg._fused_adam_step(optimizer, [nn.Parameter(th.ones(3))]) is None
