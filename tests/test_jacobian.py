@@ -84,6 +84,22 @@ def test_linear_chain_products_equal_autograd(activation: type[nn.Module]) -> No
         th.testing.assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU, nn.ELU])
+def test_linear_chain_ending_in_an_activation_leaves_the_output_gradient_alone(activation: type[nn.Module]) -> None:
+    """Products with the derivative run in place on the chain's own buffers, never on the caller's tensor."""
+    th.manual_seed(1)
+    network = nn.Sequential(nn.Linear(3, 4), activation(), nn.Linear(4, 2), activation())
+    chain = LinearChain.from_modules([network])
+    assert chain is not None
+    inputs = th.randn(7, 3)
+    output_gradient = th.randn(7, 2)
+    given = output_gradient.clone()
+    expected = th.autograd.grad(network(inputs), list(network.parameters()), output_gradient)
+    for actual, reference in zip(chain.vjp(chain.forward(inputs), output_gradient), expected, strict=True):
+        th.testing.assert_close(actual, reference)
+    assert th.equal(output_gradient, given)
+
+
 def test_linear_chain_rejects_other_modules() -> None:
     assert LinearChain.from_modules([nn.Sequential(nn.Linear(3, 3), nn.Softmax(dim=-1), nn.Linear(3, 1))]) is None
     assert LinearChain.from_modules([nn.Sequential(nn.Linear(3, 3), nn.Dropout(), nn.Linear(3, 1))]) is None
