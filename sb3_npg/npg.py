@@ -390,10 +390,12 @@ class NPG(OnPolicyAlgorithm):
         :return: the mean value loss
         """
         policy = self.policy
-        critic_chain = self._critic_chain()
         if policy.share_features_extractor:
             with th.no_grad():
                 critic_inputs: PyTorchObs = policy.extract_features(observations, policy.features_extractor)  # type: ignore[assignment]
+            critic_chain = self._critic_chain()
+            if critic_chain is not None:
+                return self._fit_mlp_critic(critic_chain, critic_inputs, returns)  # type: ignore[arg-type]
 
             def predict_values(features: PyTorchObs) -> th.Tensor:
                 return policy.value_net(policy.mlp_extractor.forward_critic(features))  # type: ignore[arg-type]
@@ -402,8 +404,6 @@ class NPG(OnPolicyAlgorithm):
             critic_inputs = observations
             predict_values = policy.predict_values  # type: ignore[assignment]
 
-        if critic_chain is not None:
-            return self._fit_mlp_critic(critic_chain, critic_inputs, returns)  # type: ignore[arg-type]
         n_samples = returns.shape[0]
         losses = []
         for _ in range(self.n_critic_updates):
