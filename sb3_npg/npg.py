@@ -85,15 +85,19 @@ def _fused_adam_step(optimizer: th.optim.Optimizer, parameters: list[th.Tensor])
     states = [optimizer.state.get(parameter, {}) for parameter in parameters]
     if not all("exp_avg" in state for state in states):
         return None
+    # The state tensors are updated in place by each step: gathered once, not per minibatch
+    exp_avgs = [state["exp_avg"] for state in states]
+    exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+    state_steps = [state["step"] for state in states]
 
     def step(gradients: list[th.Tensor]) -> None:
         adam(
             parameters,
             gradients,
-            [state["exp_avg"] for state in states],
-            [state["exp_avg_sq"] for state in states],
+            exp_avgs,
+            exp_avg_sqs,
             [],
-            [state["step"] for state in states],
+            state_steps,
             fused=True,
             decoupled_weight_decay=group["decoupled_weight_decay"],
             amsgrad=False,
