@@ -114,6 +114,22 @@ def run_key(result: dict[str, Any]) -> RunKey:
     return result["algo"], result["env"], result["seed"], int(budget)
 
 
+def canonical_value(value: str) -> str:
+    """
+    A saved hyperparameter in one spelling: a ``policy_kwargs`` string such as ``"dict(log_std_init=-2, ...)"``
+    (an entry, or a run's saved entry) is evaluated as the Zoo does and printed with sorted keys, the way a
+    ``--hyperparams`` override comes back from the Zoo's ``config.yml``.
+    """
+    if not value.startswith("dict("):
+        return value
+    from torch import nn  # noqa: F401  (the name the Zoo's policy_kwargs strings use)
+
+    def sorted_keys(item: Any) -> Any:
+        return {key: sorted_keys(item[key]) for key in sorted(item)} if isinstance(item, dict) else item
+
+    return str(sorted_keys(eval(value)))
+
+
 @functools.cache
 def current_entry(algo: str, env: str) -> tuple[tuple[str, str], ...] | None:
     """
@@ -125,7 +141,7 @@ def current_entry(algo: str, env: str) -> tuple[tuple[str, str], ...] | None:
     found = config_entry(algo, env)
     if found is None:
         return None
-    return tuple(sorted((str(key), str(value)) for key, value in found[1].items() if key != "n_timesteps"))
+    return tuple(sorted((str(key), canonical_value(str(value))) for key, value in found[1].items() if key != "n_timesteps"))
 
 
 def is_current(result: dict[str, Any]) -> bool:
@@ -134,7 +150,7 @@ def is_current(result: dict[str, Any]) -> bool:
     entry = current_entry(result["algo"], result["env"])
     if saved is None or entry is None:
         return True
-    return tuple(sorted((key, value) for key, value in saved.items() if key != "n_timesteps")) == entry
+    return tuple(sorted((key, canonical_value(value)) for key, value in saved.items() if key != "n_timesteps")) == entry
 
 
 def append_result(path: pathlib.Path, result: dict[str, Any]) -> None:
