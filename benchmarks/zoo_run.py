@@ -8,7 +8,8 @@ This is the unit of work of ``benchmarks/rewards.py``, run in its own process::
 
 It is ``rl_zoo3 train`` (with NPG registered through :mod:`sb3_npg.zoo`) plus three things the Zoo does
 not do itself: it times ``model.learn`` (the train time), it evaluates the saved model the way
-``rl_zoo3 enjoy`` loads it (``VecNormalize`` statistics included) over deterministic episodes, and it
+``rl_zoo3 enjoy`` loads it (``VecNormalize`` statistics included) over deterministic episodes (stochastic on
+Atari, as the Zoo evaluates Atari), and it
 writes everything a results table needs into ``<log-folder>/result.json``. ``result.json`` is written
 last, only after a complete run: its presence means the run finished.
 
@@ -42,7 +43,10 @@ def zoo_config(algo: str) -> pathlib.Path:
 
 
 def config_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]] | None:
-    """The entry of ``algo``'s config file used for ``env_id``: its own, else its ``-v4`` sibling's; ``None`` if neither."""
+    """
+    The entry of ``algo``'s config file used for ``env_id``: its own, else its ``-v4`` sibling's, else (an
+    Atari game) the ``atari`` entry, as the Zoo picks it; ``None`` if none applies.
+    """
     with open(zoo_config(algo)) as file:
         entries = yaml.safe_load(file)
     if env_id in entries:
@@ -51,7 +55,17 @@ def config_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]] | None:
     sibling = f"{name}-v4"
     if version != "4" and sibling in entries:
         return sibling, entries[sibling]
+    if "atari" in entries and is_atari(env_id):
+        return "atari", entries["atari"]
     return None
+
+
+def is_atari(env_id: str) -> bool:
+    """Whether the Zoo treats ``env_id`` as an Atari game (its ``atari`` entry, stochastic evaluation)."""
+    import rl_zoo3.utils  # noqa: F401  (registers the ALE environments)
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    return ExperimentManager.is_atari(env_id)
 
 
 def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathlib.Path, str]:
@@ -66,7 +80,7 @@ def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathl
     if found is None:
         raise KeyError(f"{config} has no entry for {env_id} (nor its -v4 sibling)")
     name, entry = found
-    if name == env_id:
+    if name in (env_id, "atari"):  # the Zoo itself falls back to the atari entry
         return config, env_id
     run_dir.mkdir(parents=True, exist_ok=True)
     patched = run_dir / f"{algo}_{env_id}.yml"
@@ -101,7 +115,11 @@ def evaluate_saved(algo: str, env_id: str, save_path: str, params_path: str, n_e
         vec_env_cls=ExperimentManager.default_vec_env_cls,
     )
     model = ALGOS[algo].load(os.path.join(save_path, f"{env_id}.zip"), device="cpu", custom_objects={"learning_rate": 0.0})
-    returns, _ = evaluate_policy(model, env, n_eval_episodes=n_episodes, deterministic=True, return_episode_rewards=True)
+    # Deterministic except on Atari, like the Zoo's own evaluations (a greedy Atari policy can stall).
+    deterministic = not ExperimentManager.is_atari(env_id)
+    returns, _ = evaluate_policy(
+        model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True
+    )
     env.close()
     return [float(r) for r in returns]
 
@@ -124,7 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--log-folder", required=True)
     parser.add_argument("--eval-freq", type=int, default=-1, help="steps between curve evaluations (-1: n_timesteps / 10)")
     parser.add_argument("--curve-episodes", type=int, default=5, help="episodes per curve evaluation")
-    parser.add_argument("--final-episodes", type=int, default=10, help="deterministic episodes of the final evaluation")
+    parser.add_argument(
+        "--final-episodes", type=int, default=10, help="episodes of the final evaluation (deterministic except on Atari)"
+    )
     parser.add_argument("--verbose", type=int, default=0)
     parser.add_argument(
         "--hyperparams",
