@@ -78,7 +78,7 @@ def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathl
     config = zoo_config(algo)
     found = config_entry(algo, env_id)
     if found is None:
-        raise KeyError(f"{config} has no entry for {env_id} (nor its -v4 sibling)")
+        raise KeyError(f"{config} has no entry for {env_id} (nor its -v4 sibling, nor an atari entry for a game)")
     name, entry = found
     if name in (env_id, "atari"):  # the Zoo itself falls back to the atari entry
         return config, env_id
@@ -116,7 +116,7 @@ def evaluate_saved(algo: str, env_id: str, save_path: str, params_path: str, n_e
     )
     model = ALGOS[algo].load(os.path.join(save_path, f"{env_id}.zip"), device="cpu", custom_objects={"learning_rate": 0.0})
     # Deterministic except on Atari, like the Zoo's own evaluations (a greedy Atari policy can stall).
-    deterministic = not ExperimentManager.is_atari(env_id)
+    deterministic = not is_atari(env_id)
     returns, _ = evaluate_policy(
         model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True
     )
