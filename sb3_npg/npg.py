@@ -287,6 +287,14 @@ class NPG(OnPolicyAlgorithm):
         self.policy.optimizer = self.policy.optimizer_class(  # type: ignore[call-arg]
             critic_parameters, lr=self.lr_schedule(1), **optimizer_kwargs
         )
+        if self.policy.share_features_extractor and any(True for _ in self.policy.features_extractor.parameters()):
+            warnings.warn(
+                "NPG's critic does not train a shared features extractor (it is an actor parameter, moved by the "
+                "natural-gradient step only), so the value function can only fit its head on the actor's features. "
+                "Pass policy_kwargs=dict(share_features_extractor=False) to give the critic its own.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _split_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """

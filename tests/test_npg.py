@@ -5,7 +5,9 @@ tensorboard, save/load, argument guards, the guard against non-finite steps, log
 
 import math
 import pathlib
+import warnings
 import zipfile
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,6 +65,31 @@ def test_observation_spaces(policy: str, observation_space: spaces.Space, fisher
     assert model._n_updates == 2
     assert not th.equal(flat_actor(model), before)
     assert th.isfinite(all_parameters(model)).all()
+
+
+@pytest.mark.parametrize(
+    ("policy", "observation_space", "policy_kwargs", "warns"),
+    [
+        ("CnnPolicy", image_space((36, 36, 1)), None, True),
+        ("CnnPolicy", image_space((36, 36, 1)), {"share_features_extractor": False}, False),
+        ("MlpPolicy", spaces.Box(-1, 1, (5,), np.float32), None, False),  # a Flatten extractor has nothing to train
+    ],
+    ids=["shared-cnn", "separate-cnn", "mlp"],
+)
+def test_shared_trainable_extractor_warns(
+    policy: str, observation_space: spaces.Space, policy_kwargs: dict[str, Any] | None, warns: bool
+) -> None:
+    """A shared extractor with parameters gets a warning naming the fix: NPG's critic cannot train it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = NPG(policy, toy_env(spaces.Discrete(2), observation_space), **{**TINY, "policy_kwargs": policy_kwargs})
+    messages = [str(warning.message) for warning in caught if "share_features_extractor=False" in str(warning.message)]
+    assert len(messages) == int(warns)
+    # the critic's extractor is trainable by the critic exactly when it is not an actor parameter
+    built = model.policy
+    critic_features = built.features_extractor if built.share_features_extractor else built.vf_features_extractor
+    actor_ids = {id(parameter) for parameter in model.actor_parameters}
+    assert all(id(parameter) not in actor_ids for parameter in critic_features.parameters()) != warns
 
 
 def test_gsde() -> None:
