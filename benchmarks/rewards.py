@@ -122,12 +122,12 @@ def canonical_value(value: str) -> str:
     """
     if not value.startswith("dict("):
         return value
-    from torch import nn  # noqa: F401  (the name the Zoo's policy_kwargs strings use)
+    from torch import nn
 
     def sorted_keys(item: Any) -> Any:
         return {key: sorted_keys(item[key]) for key in sorted(item)} if isinstance(item, dict) else item
 
-    return str(sorted_keys(eval(value)))
+    return str(sorted_keys(eval(value, {"nn": nn})))  # the one name the Zoo's policy_kwargs strings use
 
 
 @functools.cache
