@@ -6,8 +6,14 @@ the products with its Jacobian (with respect to its weights) are a few matrix pr
 activations, with none of autograd's per-node overhead, which dominates on networks this small.
 ``sb3_npg.fisher`` uses them for the Fisher-vector product of the actor and ``sb3_npg.npg`` for the
 critic's regression; anything else (CNNs, custom layers) takes the generic autograd path.
+
+The ``Tanh`` and ``ReLU`` derivatives are applied by torch's own backward kernels (``aten::tanh_backward``,
+``aten::threshold_backward``), one fused kernel each instead of forming the derivative and multiplying. Those
+operators are internal to torch: :func:`fused_activation_kernels_supported` checks them once per process against
+the public formula, which is used where they are missing or differ.
 """
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -44,11 +50,42 @@ class ActivationDerivative(NamedTuple):
     def multiply(self, gradient: th.Tensor, in_place: bool) -> th.Tensor:
         """:return: ``gradient`` times the derivative, written into ``gradient`` if ``in_place``"""
         out = gradient if in_place else th.empty_like(gradient)
-        if self.activation == "tanh":
-            return th.ops.aten.tanh_backward.grad_input(gradient, self.saved, grad_input=out)
-        if self.activation == "relu":
-            return th.ops.aten.threshold_backward.grad_input(gradient, self.saved, 0, grad_input=out)
-        return th.mul(gradient, self.saved, out=out)
+        if self.activation == "other":
+            return th.mul(gradient, self.saved, out=out)
+        if fused_activation_kernels_supported():
+            return _fused_derivative_product(self.activation, gradient, self.saved, out)
+        return th.mul(gradient, _activation_derivative(self.activation, self.saved), out=out)
+
+
+def _fused_derivative_product(activation: str, gradient: th.Tensor, output: th.Tensor, out: th.Tensor) -> th.Tensor:
+    """``gradient`` times the derivative of ``tanh``/``relu`` at the point whose output is ``output``, by torch's kernels."""
+    if activation == "tanh":
+        return th.ops.aten.tanh_backward.grad_input(gradient, output, grad_input=out)
+    return th.ops.aten.threshold_backward.grad_input(gradient, output, 0, grad_input=out)
+
+
+def _activation_derivative(activation: str, output: th.Tensor) -> th.Tensor:
+    """The derivative of ``tanh`` (``1 - tanh^2``) or ``relu`` (``output > 0``) from the activation's output."""
+    if activation == "tanh":
+        return 1 - output.square()
+    return (output > 0).to(output.dtype)
+
+
+@functools.cache
+def fused_activation_kernels_supported() -> bool:
+    """
+    Whether torch's internal ``tanh_backward``/``threshold_backward`` kernels exist here (with an ``out=``
+    overload) and give the public formula's products; checked once per process.
+    """
+    gradient = th.linspace(-2.0, 2.0, 7)
+    try:
+        for activation, output in (("tanh", th.tanh(th.linspace(-3.0, 3.0, 7))), ("relu", th.relu(th.linspace(-3.0, 3.0, 7)))):
+            fused = _fused_derivative_product(activation, gradient, output, th.empty_like(gradient))
+            if not th.allclose(fused, gradient * _activation_derivative(activation, output)):
+                return False
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    return True
 
 
 class ChainCache(NamedTuple):

@@ -10,7 +10,6 @@ import io
 import pathlib
 import warnings
 import zipfile
-from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -18,13 +17,12 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.torch_layers import MlpExtractor
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from torch import nn
-from torch.nn import functional as F
-from torch.optim.adam import adam
 
+from sb3_npg.critic import fit_critic
+from sb3_npg.critic import index_observations as _index_observations
 from sb3_npg.fisher import (
     FISHER_BACKENDS,
     add_to_parameters_,
@@ -34,17 +32,9 @@ from sb3_npg.fisher import (
     policy_gradient,
     policy_jacobian,
 )
-from sb3_npg.mlp import LinearChain
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
-
-
-def _index_observations(observations: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
-    """Select rows of a batch of observations (a tensor, or a dict of tensors for ``Dict`` spaces)."""
-    if isinstance(observations, dict):
-        return {key: value[index] for key, value in observations.items()}
-    return observations[index]
 
 
 def _existing_save_file(path: pathlib.Path) -> pathlib.Path:
@@ -65,51 +55,6 @@ def _existing_save_file(path: pathlib.Path) -> pathlib.Path:
     if missing:
         raise ValueError(f"'{path}' is not a complete saved model: missing {', '.join(sorted(missing))}")
     return path
-
-
-def _fused_adam_step(optimizer: th.optim.Optimizer, parameters: list[th.Tensor]) -> Callable[[list[th.Tensor]], None] | None:
-    """
-    The update of a fused ``Adam``/``AdamW`` on ``parameters`` as a function of their gradients, or ``None``.
-
-    It calls ``torch.optim.adam.adam`` (the function ``Adam.step`` runs) on the optimiser's own state and
-    hyperparameters: the same update, without ``Optimizer.step``'s per-call bookkeeping, which costs as much
-    as the critic's products on SB3's small networks (its step hooks are not run). ``None`` unless the
-    optimiser is a fused Adam or AdamW without ``amsgrad``, with one parameter group holding exactly
-    ``parameters``, and its state exists (``optimizer.step()`` creates it on the first step).
-    """
-    if type(optimizer) not in (th.optim.Adam, th.optim.AdamW) or len(optimizer.param_groups) != 1:
-        return None
-    group = optimizer.param_groups[0]
-    if not group["fused"] or group["amsgrad"] or {id(p) for p in group["params"]} != {id(p) for p in parameters}:
-        return None
-    states = [optimizer.state.get(parameter, {}) for parameter in parameters]
-    if not all("exp_avg" in state for state in states):
-        return None
-    # The state tensors are updated in place by each step: gathered once, not per minibatch
-    exp_avgs = [state["exp_avg"] for state in states]
-    exp_avg_sqs = [state["exp_avg_sq"] for state in states]
-    state_steps = [state["step"] for state in states]
-
-    def step(gradients: list[th.Tensor]) -> None:
-        adam(
-            parameters,
-            gradients,
-            exp_avgs,
-            exp_avg_sqs,
-            [],
-            state_steps,
-            fused=True,
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            amsgrad=False,
-            beta1=group["betas"][0],
-            beta2=group["betas"][1],
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=group["maximize"],
-        )
-
-    return step
 
 
 class NPG(OnPolicyAlgorithm):
@@ -394,86 +339,12 @@ class NPG(OnPolicyAlgorithm):
 
     def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor) -> float:
         """
-        ``n_critic_updates`` epochs of minibatch regression of the value function on the returns (MSE).
-
-        Minibatches are indexed straight from the batch tensors. With a shared features extractor (an
-        actor parameter, not moved by the critic) the features are computed once for all epochs, and an
-        MLP critic (SB3's ``MlpPolicy``) takes :meth:`_fit_mlp_critic`: hand-derived products instead of autograd.
+        ``n_critic_updates`` epochs of minibatch regression of the value function on the returns
+        (see :func:`sb3_npg.critic.fit_critic`).
 
         :return: the mean value loss
         """
-        policy = self.policy
-        if policy.share_features_extractor:
-            with th.no_grad():
-                critic_inputs: PyTorchObs = policy.extract_features(observations, policy.features_extractor)  # type: ignore[assignment]
-            critic_chain = self._critic_chain()
-            if critic_chain is not None:
-                return self._fit_mlp_critic(critic_chain, critic_inputs, returns)  # type: ignore[arg-type]
-
-            def predict_values(features: PyTorchObs) -> th.Tensor:
-                return policy.value_net(policy.mlp_extractor.forward_critic(features))  # type: ignore[arg-type]
-
-        else:
-            critic_inputs = observations
-            predict_values = policy.predict_values  # type: ignore[assignment]
-
-        n_samples = returns.shape[0]
-        losses = []
-        for _ in range(self.n_critic_updates):
-            permutation = th.randperm(n_samples, device=self.device)
-            for start in range(0, n_samples, self.batch_size):
-                index = permutation[start : start + self.batch_size]
-                policy.optimizer.zero_grad()
-                values = predict_values(_index_observations(critic_inputs, index)).flatten()
-                value_loss = F.mse_loss(values, returns[index])
-                value_loss.backward()
-                policy.optimizer.step()
-                losses.append(value_loss.detach())
-        return th.stack(losses).mean().item()
-
-    def _fit_mlp_critic(self, critic_chain: LinearChain, features: th.Tensor, returns: th.Tensor) -> float:
-        """
-        ``_fit_critic`` for an MLP value head on shared features: the same minibatches and updates, with the
-        gradients from the chain's products and, once the optimiser has state, its fused Adam update called
-        directly (see :func:`_fused_adam_step`). Each epoch shuffles the batch once; its minibatches are slices.
-
-        :return: the mean value loss
-        """
-        n_samples = returns.shape[0]
-        optimizer = self.policy.optimizer
-        adam_step = _fused_adam_step(optimizer, critic_chain.parameters)
-        losses = []
-        for _ in range(self.n_critic_updates):
-            permutation = th.randperm(n_samples, device=self.device)
-            shuffled_features, shuffled_returns = features[permutation], returns[permutation].unsqueeze(1)
-            for start in range(0, n_samples, self.batch_size):
-                cache = critic_chain.forward(shuffled_features[start : start + self.batch_size])
-                errors = cache.output - shuffled_returns[start : start + self.batch_size]
-                losses.append(errors.square().mean())
-                gradients = critic_chain.vjp(cache, errors.mul_(2.0 / errors.numel()))  # the MSE's output gradient
-                if adam_step is not None:
-                    adam_step(gradients)
-                else:  # gradients assigned, not accumulated: no zero_grad needed
-                    for parameter, gradient in zip(critic_chain.parameters, gradients, strict=True):
-                        parameter.grad = gradient
-                    optimizer.step()
-                    adam_step = _fused_adam_step(optimizer, critic_chain.parameters)
-        return th.stack(losses).mean().item()
-
-    def _critic_chain(self) -> LinearChain | None:
-        """
-        The critic as a :class:`~sb3_npg.mlp.LinearChain` on the shared features, when it is exactly SB3's MLP
-        value head and the features extractor is shared (so the critic's parameters are the chain's);
-        ``None`` otherwise (the critic then runs through ``policy.predict_values`` and autograd).
-        """
-        policy = self.policy
-        if not policy.share_features_extractor or type(policy.mlp_extractor) is not MlpExtractor:
-            return None
-        chain = LinearChain.from_modules([policy.mlp_extractor.value_net, policy.value_net])
-        critic_parameters = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
-        if chain is None or {id(p) for p in chain.parameters} != critic_parameters:
-            return None
-        return chain
+        return fit_critic(self.policy, observations, returns, self.n_critic_updates, self.batch_size)
 
     def learn(
         self: SelfNPG,

@@ -11,6 +11,7 @@ import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
+import sb3_npg.mlp
 from sb3_npg import NPG
 from sb3_npg.fisher import AutogradJacobian, HessianFisher, MLPJacobian, make_fisher, policy_jacobian
 from sb3_npg.mlp import LinearChain
@@ -63,8 +64,21 @@ def test_policies_outside_the_mlp_form_use_autograd_and_stay_exact() -> None:
     assert_close_in_norm(gauss_newton.matvec(vector), hessian.matvec(vector), rtol=1e-4)
 
 
+@pytest.fixture(params=["fused-kernels", "public-fallback"])
+def activation_kernels(request, monkeypatch) -> str:
+    """Run a test with torch's internal derivative kernels (when this torch has them) and with the public fallback."""
+    if request.param == "public-fallback":
+        monkeypatch.setattr(sb3_npg.mlp, "fused_activation_kernels_supported", lambda: False)
+    return request.param
+
+
+def test_fused_activation_kernels_detected_on_this_torch() -> None:
+    """The feature test finds torch's kernels here (so the fast path is what the other tests exercise)."""
+    assert sb3_npg.mlp.fused_activation_kernels_supported()
+
+
 @pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU, nn.ELU, nn.SiLU])
-def test_linear_chain_products_equal_autograd(activation: type[nn.Module]) -> None:
+def test_linear_chain_products_equal_autograd(activation: type[nn.Module], activation_kernels: str) -> None:
     th.manual_seed(0)
     network = nn.Sequential(nn.Linear(4, 6), activation(), nn.Linear(6, 5), activation(), nn.Linear(5, 2))
     chain = LinearChain.from_modules([network])
@@ -85,7 +99,9 @@ def test_linear_chain_products_equal_autograd(activation: type[nn.Module]) -> No
 
 
 @pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU, nn.ELU])
-def test_linear_chain_ending_in_an_activation_leaves_the_output_gradient_alone(activation: type[nn.Module]) -> None:
+def test_linear_chain_ending_in_an_activation_leaves_the_output_gradient_alone(
+    activation: type[nn.Module], activation_kernels: str
+) -> None:
     """Products with the derivative run in place on the chain's own buffers, never on the caller's tensor."""
     th.manual_seed(1)
     network = nn.Sequential(nn.Linear(3, 4), activation(), nn.Linear(4, 2), activation())

@@ -14,7 +14,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 from torch.nn import functional as F
 
-import sb3_npg.npg
+import sb3_npg.critic
+import sb3_npg.mlp
 from sb3_npg import NPG
 from tests.dense import dense_kl_hessian, dense_scores, flat_actor, select
 from tests.envs import ACTION_SPACES, ToyEnv, image_space
@@ -268,8 +269,8 @@ def test_fused_adam_step_continues_the_optimiser_state_across_calls() -> None:
     collect(model)
     observations, _, _, returns = batch_tensors(model)
     start = {name: value.clone() for name, value in model.policy.state_dict().items()}
-    chain_parameters = model._critic_chain().parameters
-    assert sb3_npg.npg._fused_adam_step(model.policy.optimizer, chain_parameters) is None  # no state yet
+    chain_parameters = sb3_npg.critic.critic_chain(model.policy).parameters
+    assert sb3_npg.critic.fused_adam_step(model.policy.optimizer, chain_parameters) is None  # no state yet
 
     th.manual_seed(5)
     for _ in range(2):
@@ -278,7 +279,7 @@ def test_fused_adam_step_continues_the_optimiser_state_across_calls() -> None:
     minibatches_per_call = model.n_critic_updates * -(-len(returns) // model.batch_size)
     steps = {model.policy.optimizer.state[p]["step"].item() for p in chain_parameters}
     assert steps == {2 * minibatches_per_call}
-    assert sb3_npg.npg._fused_adam_step(model.policy.optimizer, chain_parameters) is not None
+    assert sb3_npg.critic.fused_adam_step(model.policy.optimizer, chain_parameters) is not None
 
     model.policy.load_state_dict(start)
     policy = model.policy
@@ -305,8 +306,60 @@ def test_fused_adam_step_only_for_a_fused_adam_on_the_critic_parameters() -> Non
     ):
         parameters[0].grad = th.ones(3)
         optimizer.step()
-        assert sb3_npg.npg._fused_adam_step(optimizer, parameters) is None
+        assert sb3_npg.critic.fused_adam_step(optimizer, parameters) is None
     optimizer = th.optim.AdamW(parameters, fused=True)
     optimizer.step()
-    assert sb3_npg.npg._fused_adam_step(optimizer, parameters) is not None
-    assert sb3_npg.npg._fused_adam_step(optimizer, [nn.Parameter(th.ones(3))]) is None
+    assert sb3_npg.critic.fused_adam_step(optimizer, parameters) is not None
+    assert sb3_npg.critic.fused_adam_step(optimizer, [nn.Parameter(th.ones(3))]) is None
+
+
+def fit_twice(model: NPG, observations, returns: th.Tensor, start: dict[str, th.Tensor]) -> list[th.Tensor]:
+    """Two ``_fit_critic`` calls from the policy state ``start`` (a fresh critic optimiser): the critic's parameters."""
+    model.policy.load_state_dict(start)
+    model._setup_model()  # a fresh critic optimiser, no Adam state yet
+    model.policy.load_state_dict(start)
+    th.manual_seed(7)
+    for _ in range(2):
+        model._fit_critic(observations, returns)
+    return [p.detach().clone() for p in critic_parameters(model)]
+
+
+def test_fused_adam_fallback_gives_the_same_critic(monkeypatch) -> None:
+    """
+    With ``torch.optim.adam.adam`` declared unusable (the feature test failing, as on a torch whose function differs),
+    the critic takes ``optimizer.step()`` and ends with the same parameters as through the fast path.
+    """
+    model = box6d(n_steps=50, batch_size=16, n_critic_updates=3)
+    collect(model)
+    observations, _, _, returns = batch_tensors(model)
+    start = {name: value.clone() for name, value in model.policy.state_dict().items()}
+    assert sb3_npg.critic.functional_adam_supported()  # this torch: the fast path is real
+
+    fast = fit_twice(model, observations, returns, start)
+    assert sb3_npg.critic.fused_adam_step(model.policy.optimizer, critic_parameters(model)) is not None
+
+    monkeypatch.setattr(sb3_npg.critic, "functional_adam_supported", lambda: False)
+    fallback = fit_twice(model, observations, returns, start)
+    assert sb3_npg.critic.fused_adam_step(model.policy.optimizer, critic_parameters(model)) is None
+    for fast_p, fallback_p in zip(fast, fallback, strict=True):
+        th.testing.assert_close(fast_p, fallback_p, rtol=1e-5, atol=1e-6)
+
+
+def test_functional_adam_feature_test_rejects_a_changed_signature(monkeypatch) -> None:
+    """A torch whose ``adam`` function wants an argument we do not pass (or lacks one we do) is detected, not called."""
+
+    def adam_with_new_argument(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, new_flag, **kwargs):
+        raise AssertionError("must not be called")
+
+    def adam_without_maximize(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, amsgrad, beta1, beta2, lr
+    ):
+        raise AssertionError("must not be called")
+
+    for changed in (adam_with_new_argument, adam_without_maximize):
+        monkeypatch.setattr(sb3_npg.critic, "_functional_adam", changed)
+        sb3_npg.critic.functional_adam_supported.cache_clear()
+        try:
+            assert not sb3_npg.critic.functional_adam_supported()
+        finally:
+            sb3_npg.critic.functional_adam_supported.cache_clear()
