@@ -7,7 +7,9 @@ load on the machine hits every model alike. Prints medians and NPG/TRPO ratios, 
 
 * the measured KL per update (median over 20 real updates) for each backend, on CartPole-v1 and HalfCheetah-v5;
 * the peak memory of ``train()`` at 16k samples (each model in a fresh process, peak RSS growth);
-* scaling tables: train-step time against batch size (1k to 16k) and network width (64 to 512).
+* scaling tables: train-step time against batch size (1k to 16k) and network width (64 to 512);
+* the fast paths that rest on torch internals (``--parts fast_paths``): NPG's ``train()`` with each one on and
+  forced off (its public fallback), interleaved, as the fraction of ``train()`` each one saves.
 
 Results go to ``benchmarks/results/train_step.json`` and, as Markdown, ``benchmarks/results/train_step.md``.
 
@@ -16,6 +18,7 @@ Usage::
     python benchmarks/train_step.py            # everything (about 30-60 minutes on 2 cores)
     python benchmarks/train_step.py --quick    # fewer repeats, smaller sweeps (a few minutes)
     python benchmarks/train_step.py --parts timing kl
+    python benchmarks/train_step.py --parts fast_paths   # written to train_step_fast_paths.{json,md}
 """
 
 import argparse
@@ -36,6 +39,8 @@ from sb3_contrib import TRPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
+import sb3_npg.critic
+import sb3_npg.mlp
 from sb3_npg import NPG
 from sb3_npg.fisher import FISHER_BACKENDS
 
@@ -204,6 +209,54 @@ def scaling(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# Each fast path resting on a torch internal, and how to force its public fallback (the feature test answering no)
+FAST_PATHS = {
+    "functional fused Adam (critic)": (sb3_npg.critic, "functional_adam_supported"),
+    "fused tanh/relu derivative kernels (MLP products)": (sb3_npg.mlp, "fused_activation_kernels_supported"),
+}
+
+
+def fast_paths(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    NPG's ``train()`` (default backend) with every fast path on, and with each one forced to its public fallback,
+    timed interleaved on the same buffer: the saving is the median over rounds of ``1 - on / off``.
+    """
+    rows = []
+    for env_id, width in (("HalfCheetah-v5", 64), ("HalfCheetah-v5", 256), ("CartPole-v1", 64)):
+        model = shared_rollout_models(["npg-gauss_newton"], env_id, 2048, width)["npg-gauss_newton"]
+        variants = {"all on": None, **{name: name for name in FAST_PATHS}}
+        times: dict[str, list[float]] = {variant: [] for variant in variants}
+        for repeat in range(args.repeats + 1):
+            for variant, disabled in variants.items():
+                module, feature_test = FAST_PATHS[disabled] if disabled else (None, "")
+                original = getattr(module, feature_test) if module else None
+                if module:
+                    setattr(module, feature_test, lambda: False)
+                try:
+                    start = time.perf_counter()
+                    model.train()
+                    elapsed = time.perf_counter() - start
+                finally:
+                    if module:
+                        setattr(module, feature_test, original)
+                if repeat > 0:
+                    times[variant].append(elapsed)
+        for name in FAST_PATHS:
+            saving = statistics.median(1 - on / off for on, off in zip(times["all on"], times[name], strict=True))
+            rows.append(
+                dict(
+                    env=env_id,
+                    width=width,
+                    fast_path=name,
+                    on_ms=1000 * statistics.median(times["all on"]),
+                    off_ms=1000 * statistics.median(times[name]),
+                    saving=saving,
+                )
+            )
+            print(f"{env_id} {width}x{width} {name}: saves {100 * saving:.1f}% of train()")
+    return rows
+
+
 def _time_table(rows: list[dict[str, Any]], first_column: str) -> list[str]:
     """Markdown rows: one line per (``first_column``, width), one cell per algorithm with its ratio to TRPO."""
     lines = [f"| {first_column} | network | " + " | ".join(ALGORITHMS) + " |", "|---|---|" + "---|" * len(ALGORITHMS)]
@@ -232,17 +285,26 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if "scaling" in results:
         lines += _time_table(results["scaling"], "n_samples")
+    if "fast_paths" in results:
+        lines += ["| env | network | fast path | train() on | forced off | saving |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| {r['env']} | {r['width']}x{r['width']} | {r['fast_path']} | {r['on_ms']:.0f} ms | {r['off_ms']:.0f} ms "
+            f"| {100 * r['saving']:.1f}% |"
+            for r in results["fast_paths"]
+        ]
+        lines.append("")
     return "\n".join(lines)
 
 
-PARTS = {"timing": timing, "kl": kl_per_update, "memory": peak_memory, "scaling": scaling}
+PARTS = {"timing": timing, "kl": kl_per_update, "memory": peak_memory, "scaling": scaling, "fast_paths": fast_paths}
+DEFAULT_PARTS = ["timing", "kl", "memory", "scaling"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sweeps")
     parser.add_argument("--repeats", type=int, default=None, help="timed train() calls per model (default 21, quick 5)")
-    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=DEFAULT_PARTS)
     parser.add_argument("--memory-child", nargs=2, metavar=("ALGORITHM", "N_SAMPLES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     th.set_num_threads(1)
@@ -262,6 +324,8 @@ def main() -> None:
         results[part] = PARTS[part](args)
     RESULTS.mkdir(exist_ok=True)
     suffix = "_quick" if args.quick else ""
+    if args.parts == ["fast_paths"]:  # its own record: the full results stay
+        suffix += "_fast_paths"
     (RESULTS / f"train_step{suffix}.json").write_text(json.dumps(results, indent=2))
     (RESULTS / f"train_step{suffix}.md").write_text(markdown(results))
     print(markdown(results))
