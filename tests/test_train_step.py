@@ -307,10 +307,15 @@ def test_fused_adam_step_only_for_a_fused_adam_on_the_critic_parameters() -> Non
         parameters[0].grad = th.ones(3)
         optimizer.step()
         assert sb3_npg.critic.fused_adam_step(optimizer, parameters) is None
-    optimizer = th.optim.AdamW(parameters, fused=True)
+    optimizer = th.optim.Adam(parameters, fused=True)
     optimizer.step()
     assert sb3_npg.critic.fused_adam_step(optimizer, parameters) is not None
     assert sb3_npg.critic.fused_adam_step(optimizer, [nn.Parameter(th.ones(3))]) is None
+    # AdamW goes through torch's adam function where that function does decoupled weight decay (torch >= 2.7)
+    optimizer = th.optim.AdamW(parameters, fused=True)
+    optimizer.step()
+    decoupled_in_adam = "decoupled_weight_decay" in optimizer.param_groups[0]
+    assert (sb3_npg.critic.fused_adam_step(optimizer, parameters) is not None) == decoupled_in_adam
 
 
 def fit_twice(model: NPG, observations, returns: th.Tensor, start: dict[str, th.Tensor]) -> list[th.Tensor]:
