@@ -1,10 +1,11 @@
 """
-Saved models (:mod:`sb3_npg.save_load`): atomic ``save``, ``load(..., trusted=False)`` of files from strangers
-(crafted files whose pickled entries create a marker file when unpickled), and the warm start of NPG from
-PPO, A2C and TRPO files, models and parameter dicts.
+Saved models (:mod:`sb3_npg.save_load`, :mod:`sb3_npg.zoo_trust`): atomic ``save``, ``load(..., trusted=False)``
+of files from strangers (crafted files whose pickled entries create a marker file when unpickled), ``enjoy`` on a
+downloaded agent with poisoned files, and the warm start of NPG from PPO, A2C and TRPO files, models and dicts.
 """
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -316,3 +317,80 @@ def test_set_parameters_from_npg_loads_the_optimizer(tmp_path: pathlib.Path) -> 
     saved, loaded = source.policy.optimizer.state_dict()["state"], model.policy.optimizer.state_dict()["state"]
     assert saved.keys() == loaded.keys() and saved
     assert all(th.equal(saved[i]["exp_avg"], loaded[i]["exp_avg"]) for i in saved)
+
+
+# --------------------------------------------------------------------------------------------------------
+# RL Zoo scripts on a downloaded agent
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zoo_agent(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A CartPole-v1 agent trained through the train entry point, with VecNormalize statistics."""
+    from sb3_npg import train
+
+    log_folder = tmp_path_factory.mktemp("logs")
+    hyperparams = ["n_envs:2", "n_steps:32", "batch_size:32", "normalize:'dict(norm_obs=True, norm_reward=False)'"]
+    argv = ["--env", "CartPole-v1", "-n", "64", "--seed", "0", "-f", str(log_folder), "--eval-freq", "-1"]
+    assert train.main([*argv, "--verbose", "0", "--num-threads", "1", "--hyperparams", *hyperparams]) == 0
+    return log_folder
+
+
+def poison(agent: pathlib.Path, target: pathlib.Path, where: str, marker: pathlib.Path) -> None:
+    """Copy the agent's folder to ``target`` with a payload that creates ``marker`` in the file ``where``."""
+    import shutil
+
+    shutil.copytree(agent, target)
+    run = target / "npg" / "CartPole-v1_1"
+    folder = run / "CartPole-v1"
+    if where == "model":
+        craft(agent / "npg" / "CartPole-v1_1" / "CartPole-v1.zip", run / "CartPole-v1.zip", marker, key="_last_obs")
+    elif where in ("config.yml", "args.yml"):
+        with open(folder / where, "a") as file:
+            file.write(f"  - - extra\n    - !!python/object/apply:builtins.open ['{marker}', 'w']\n")
+    elif where == "normalize":
+        config = (folder / "config.yml").read_text()
+        assert "dict(norm_obs=True, norm_reward=False)" in config
+        payload = f"__import__('pathlib').Path('{marker}').touch() or dict(norm_obs=True, norm_reward=False)"
+        (folder / "config.yml").write_text(config.replace("dict(norm_obs=True, norm_reward=False)", payload))
+    elif where == "vecnormalize.pkl":
+        (folder / "vecnormalize.pkl").write_bytes(pickle.dumps(CreatesFile(marker)))
+
+
+@pytest.mark.parametrize("where", ["model", "config.yml", "args.yml", "normalize", "vecnormalize.pkl"])
+def test_enjoy_does_not_run_a_downloaded_agents_code(
+    zoo_agent: pathlib.Path, tmp_path: pathlib.Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_npg import enjoy
+
+    marker = tmp_path / "ran"
+    poison(zoo_agent, tmp_path / "agent", where, marker)
+    argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
+    status = enjoy.main(argv)
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    if where == "model":
+        assert status == 0  # the pickled entry is not needed: the agent runs
+    else:
+        assert status == 2 and where.split(".")[0] in err and "--trusted" in err, err
+
+    # The payload is real: rl_zoo3's own loading (--trusted) runs it.
+    with contextlib.suppress(Exception):
+        enjoy.main([*argv, "--trusted"])
+    assert marker.exists()
+
+
+def test_enjoy_checks_the_wrappers(
+    zoo_agent: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from sb3_npg import enjoy
+
+    shutil.copytree(zoo_agent, tmp_path / "agent")
+    config = tmp_path / "agent" / "npg" / "CartPole-v1_1" / "CartPole-v1" / "config.yml"
+    with open(config, "a") as file:
+        file.write("  - - env_wrapper\n    - builtins.print\n")
+    argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
+    assert enjoy.main(argv) == 2
+    assert "builtins.print is not a gymnasium.core.Wrapper subclass" in capsys.readouterr().err
