@@ -44,6 +44,22 @@ SERIALIZED = ":serialized:"
 NPG_KEYS = frozenset({"cg_max_steps", "cg_damping", "fisher"})
 """Saved attributes every NPG model (and subclass) has; TRPO has the first two, no other algorithm all three."""
 
+NEVER_SAVED = frozenset(
+    {
+        "policy",
+        "device",
+        "env",
+        "replay_buffer",
+        "rollout_buffer",
+        "_vec_normalize_env",
+        "_episode_storage",
+        "_logger",
+        "_custom_logger",
+    }
+)
+"""Attributes SB3's ``save`` leaves out (``_excluded_save_params``): in a file they can only be planted (``env`` would
+make SB3's ``load`` call ``gym.make`` on the file's string); the untrusted load drops them."""
+
 # Saved attributes that identify other algorithms, checked in this order (A2C's are a subset of the others').
 FOREIGN_SIGNATURES: tuple[tuple[str, frozenset[str]], ...] = (
     ("RecurrentPPO", frozenset({"clip_range", "_last_lstm_states"})),
@@ -393,7 +409,11 @@ def untrusted_load_arguments(
                 _check_space(space_key, data[space_key], space, name)
             replacements[space_key] = space
 
-    clean_data = {key: (None if key in replacements else value) for key, value in data.items() if not is_pickled(value)}
+    clean_data = {
+        key: (None if key in replacements else value)
+        for key, value in data.items()
+        if not is_pickled(value) and key not in NEVER_SAVED
+    }
     clean_data.update({key: None for key in replacements if key in data})
     clean_members = {"data": json.dumps(clean_data).encode()}
     for member, content in save_file.members.items():

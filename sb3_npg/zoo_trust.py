@@ -8,6 +8,7 @@ on the env) and ``vecnormalize.pkl`` (pickle). While :func:`untrusted_zoo_files`
 default; ``--trusted`` turns it off):
 
 - the model is loaded with ``NPG.load(path, env=<the script's env>, trusted=False)`` (see :mod:`sb3_npg.save_load`);
+  other algorithms' models (``--algo ppo``) are refused, their ``load`` unpickles;
 - before rl_zoo3 reads the agent's folder, :func:`check_agent_folder` checks it: YAML with no tags beyond the
   ``OrderedDict`` and tuples the Zoo writes (:class:`ZooYamlLoader`), a ``normalize`` string that is a literal
   (or ``dict(...)`` of literals), wrappers that are ``gymnasium.Wrapper`` / ``VecEnvWrapper`` classes, and a
@@ -210,6 +211,20 @@ class UntrustedNPGLoader:
         return NPG.load(path, env=env, trusted=False, **kwargs)
 
 
+class RefusingLoader:
+    """What ``rl_zoo3``'s scripts find under the other algorithms' names: their ``load`` would unpickle the file."""
+
+    def __init__(self, algo: str):
+        self.algo = algo
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        """Refuse, naming ``--trusted``."""
+        raise ValueError(
+            f"{path}: only npg models are loaded without running their code ({self.algo}'s load unpickles the file); "
+            f"if you trust this agent, pass {TRUSTED_FLAG}"
+        )
+
+
 @contextlib.contextmanager
 def _replaced(modules: list[Any], name: str, replacement: Any) -> Iterator[None]:
     originals = [(module, getattr(module, name)) for module in modules if hasattr(module, name)]
@@ -226,7 +241,8 @@ def _replaced(modules: list[Any], name: str, replacement: Any) -> Iterator[None]
 def untrusted_zoo_files() -> Iterator[None]:
     """
     While active, rl_zoo3's ``enjoy`` and ``record_video`` load NPG models with ``trusted=False`` on the env they
-    create, and check an agent's folder with :func:`check_agent_folder` before reading it.
+    create (and refuse other algorithms' models), and check an agent's folder with :func:`check_agent_folder`
+    before reading it.
     """
     register()
     import rl_zoo3
@@ -235,6 +251,7 @@ def untrusted_zoo_files() -> Iterator[None]:
 
     modules = [rl_zoo3.utils, rl_zoo3, rl_zoo3.enjoy]  # record_video imports these names from rl_zoo3.utils when run
     created_envs: list[Any] = []
+    algorithms = dict(rl_zoo3.utils.ALGOS)
     original_create_test_env: Callable[..., Any] = rl_zoo3.utils.create_test_env
     original_get_saved_hyperparams: Callable[..., Any] = rl_zoo3.utils.get_saved_hyperparams
 
@@ -245,8 +262,10 @@ def untrusted_zoo_files() -> Iterator[None]:
     def create_test_env(*args: Any, **kwargs: Any) -> Any:
         env = original_create_test_env(*args, **kwargs)
         created_envs.append(env)
-        # after register() put NPG there; rl_zoo3 only calls .load on it
-        rl_zoo3.utils.ALGOS[ALGO_NAME] = UntrustedNPGLoader(created_envs)  # type: ignore[assignment]
+        # the script has looked up its algorithm's name, and will call .load next
+        for algo in algorithms:
+            loader = UntrustedNPGLoader(created_envs) if algo == ALGO_NAME else RefusingLoader(algo)
+            rl_zoo3.utils.ALGOS[algo] = loader  # type: ignore[assignment]
         return env
 
     with (
@@ -256,7 +275,7 @@ def untrusted_zoo_files() -> Iterator[None]:
         try:
             yield
         finally:
-            rl_zoo3.utils.ALGOS[ALGO_NAME] = NPG
+            rl_zoo3.utils.ALGOS.update(algorithms)
 
 
 def split_trusted_flag(argv: list[str] | None) -> tuple[list[str], bool]:

@@ -198,6 +198,24 @@ def test_crafted_policy_class_outside_the_aliases_raises(
     assert not marker.exists()
 
 
+def test_planted_attributes_are_dropped_on_the_safe_path(
+    saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    model, path = saved_model
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(members["data"])
+    data["env"] = "planted:Env-v0"  # SB3's load would gym.make it (importing the module "planted") when env is None
+    members["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(tmp_path / "planted.zip", "w") as planted:
+        for name, content in members.items():
+            planted.writestr(name, content)
+    spaces_only = {"observation_space": model.observation_space, "action_space": model.action_space}
+    loaded = NPG.load(tmp_path / "planted.zip", trusted=False, custom_objects=spaces_only)
+    assert loaded.env is None
+    assert_same_policy(loaded, model)
+
+
 def test_trusted_is_a_keyword_not_an_attribute(saved_model: tuple[NPG, pathlib.Path]) -> None:
     model, path = saved_model
     for trusted in (True, False):
@@ -394,3 +412,17 @@ def test_enjoy_checks_the_wrappers(
     argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
     assert enjoy.main(argv) == 2
     assert "builtins.print is not a gymnasium.core.Wrapper subclass" in capsys.readouterr().err
+
+
+def test_enjoy_refuses_other_algorithms_models_unless_trusted(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_npg import enjoy
+
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    (tmp_path / "ppo").mkdir()
+    PPO("MlpPolicy", env, n_steps=16, batch_size=16).save(tmp_path / "ppo" / "CartPole-v1.zip")
+    argv = ["--algo", "ppo", "--env", "CartPole-v1", "-f", str(tmp_path), "--exp-id", "-1", "--no-render", "-n", "20"]
+    assert enjoy.main(argv) == 2
+    assert "only npg models are loaded without running their code" in capsys.readouterr().err
+    assert enjoy.main([*argv, "--trusted"]) == 0
