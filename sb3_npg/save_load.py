@@ -334,17 +334,25 @@ def _policy_kwargs(stored: dict[str, Any], file_name: str) -> dict[str, Any]:
     return policy_kwargs
 
 
-def _resaved_tensors(member: str, content: bytes, file_name: str) -> bytes:
-    """Load a ``.pth`` member with ``weights_only=True`` (tensors and plain containers only) and save it again."""
+def load_tensors(member: str, content: bytes, file_name: str, map_location: th.device | str = "cpu") -> Any:
+    """
+    Load a ``.pth`` member with ``torch.load(weights_only=True)``: tensors and plain containers only.
+
+    :raises UntrustedLoadError: if the restricted unpickler refuses it (it names other objects, or is damaged)
+    """
     try:
-        state = th.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+        return th.load(io.BytesIO(content), map_location=map_location, weights_only=True)
     except Exception as error:  # any failure of the restricted unpickler means: not plain weights
         raise UntrustedLoadError(
             f"'{member}' in '{file_name}' is not plain weights (torch.load(weights_only=True) refused it: "
             f"{' '.join(str(error).split())[:300]})"
         ) from error
+
+
+def _resaved_tensors(member: str, content: bytes, file_name: str) -> bytes:
+    """A ``.pth`` member loaded by :func:`load_tensors` and saved again (so no later load can see other objects)."""
     buffer = io.BytesIO()
-    th.save(state, buffer)
+    th.save(load_tensors(member, content, file_name), buffer)
     return buffer.getvalue()
 
 
@@ -439,13 +447,13 @@ def read_parameters(source: Any, device: th.device | str) -> tuple[dict[str, Any
     """
     if isinstance(source, dict):
         return source, None
-    if hasattr(source, "get_parameters") and hasattr(source, "policy"):
+    if isinstance(source, BaseAlgorithm):
         return source.get_parameters(), saved_algorithm(vars(source))
     save_file = read_save_file(source)
     params = {}
     for member, content in save_file.members.items():
         if member.endswith(".pth") and member not in ("pytorch_variables.pth", "tensors.pth"):
-            params[member[: -len(".pth")]] = th.load(io.BytesIO(content), map_location=get_device(device), weights_only=True)
+            params[member[: -len(".pth")]] = load_tensors(member, content, save_file.name, get_device(device))
     return params, saved_algorithm(save_file.data)
 
 

@@ -11,7 +11,8 @@ default; ``--trusted`` turns it off):
   other algorithms' models (``--algo ppo``) are refused, their ``load`` unpickles;
 - before rl_zoo3 reads the agent's folder, :func:`check_agent_folder` checks it: YAML with no tags beyond the
   ``OrderedDict`` and tuples the Zoo writes (:class:`ZooYamlLoader`), a ``normalize`` string that is a literal
-  (or ``dict(...)`` of literals), wrappers that are ``gymnasium.Wrapper`` / ``VecEnvWrapper`` classes, and a
+  (or ``dict(...)`` of literals), wrappers that are ``gymnasium.Wrapper`` / ``VecEnvWrapper`` classes (from
+  :data:`WRAPPER_PACKAGES` or an already imported package, since importing runs a module), and a
   ``vecnormalize.pkl`` whose pickle only names the classes of :data:`VECNORMALIZE_GLOBALS` (the Python docs'
   "restricting globals" unpickler). A file that fails raises ``ValueError`` naming it and ``--trusted``.
 """
@@ -21,12 +22,16 @@ import contextlib
 import importlib
 import os
 import pickle
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from sb3_npg.npg import NPG
 from sb3_npg.zoo import ALGO_NAME, register
+
+WRAPPER_PACKAGES = frozenset({"gymnasium", "stable_baselines3", "sb3_contrib", "rl_zoo3", "sb3_npg", "minigrid", "ale_py"})
+"""Packages an agent's wrappers may come from (besides those already imported): importing a module runs it."""
 
 TRUSTED_FLAG = "--trusted"
 """The entry points' option that turns the checks off (SB3 and rl_zoo3's own loading)."""
@@ -164,6 +169,9 @@ def _check_wrappers(hyperparams: dict[str, Any], file: str) -> None:
             if not isinstance(name, str) or "." not in name:
                 raise _untrusted(file, f"{key} entry {entry!r} is not a dotted class name")
             module_name, _, class_name = name.rpartition(".")
+            package = module_name.split(".")[0]
+            if package not in WRAPPER_PACKAGES and package not in sys.modules:
+                raise _untrusted(file, f"{key} {name} is in a package outside {', '.join(sorted(WRAPPER_PACKAGES))}")
             try:
                 wrapper = getattr(importlib.import_module(module_name), class_name)
             except (ImportError, AttributeError) as error:
@@ -285,7 +293,5 @@ def split_trusted_flag(argv: list[str] | None) -> tuple[list[str], bool]:
     :param argv: the command line arguments (``None``: ``sys.argv[1:]``)
     :return: the other arguments, and whether ``--trusted`` was given
     """
-    import sys
-
     arguments = list(sys.argv[1:] if argv is None else argv)
     return [argument for argument in arguments if argument != TRUSTED_FLAG], TRUSTED_FLAG in arguments

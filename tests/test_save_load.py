@@ -12,6 +12,7 @@ import os
 import pathlib
 import pickle
 import stat
+import sys
 import warnings
 import zipfile
 
@@ -173,6 +174,10 @@ def test_crafted_weights_raise_on_the_safe_path(
     with pytest.raises(UntrustedLoadError, match=rf"{member}.*weights_only.*trusted=True"):
         NPG.load(tmp_path / "crafted.zip", env=toy_env(), trusted=False)
     assert not marker.exists()
+    if member != "pytorch_variables.pth":  # set_parameters reads the state dicts only
+        with pytest.raises(UntrustedLoadError, match=rf"{member}.*weights_only"):
+            NPG("MlpPolicy", toy_env(), **TINY).set_parameters(tmp_path / "crafted.zip")
+        assert not marker.exists()
 
 
 def test_crafted_policy_class_outside_the_aliases_raises(
@@ -412,6 +417,10 @@ def test_enjoy_checks_the_wrappers(
     argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
     assert enjoy.main(argv) == 2
     assert "builtins.print is not a gymnasium.core.Wrapper subclass" in capsys.readouterr().err
+    config.write_text(config.read_text().replace("builtins.print", "antigravity.Wrapper"))  # importing it opens a browser
+    assert enjoy.main(argv) == 2
+    assert "antigravity.Wrapper is in a package outside" in capsys.readouterr().err
+    assert "antigravity" not in sys.modules
 
 
 def test_enjoy_refuses_other_algorithms_models_unless_trusted(
