@@ -9,11 +9,12 @@ search), the KL measured after the step, then the critic's regression on the ret
 import io
 import pathlib
 import warnings
-import zipfile
+from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
@@ -33,28 +34,18 @@ from sb3_npg.fisher import (
     policy_jacobian,
 )
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_npg.save_load import (
+    UntrustedLoadError,
+    atomic_save_file,
+    check_saved_by_npg,
+    optimizer_state_fits,
+    read_parameters,
+    read_save_file,
+    trust_hint,
+    untrusted_load_arguments,
+)
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
-
-
-def _existing_save_file(path: pathlib.Path) -> pathlib.Path:
-    """The path of a readable SB3 save file (``.zip`` added as ``model.save`` does), or a clear error."""
-    if not path.exists() and path.suffix != ".zip" and path.with_suffix(path.suffix + ".zip").exists():
-        path = path.with_suffix(path.suffix + ".zip")
-    if not path.is_file():
-        raise FileNotFoundError(f"No saved NPG model at '{path}'")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged_member = archive.testzip()
-            members = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise ValueError(f"'{path}' is not a readable saved model (corrupt or not a zip archive): {error}") from error
-    if damaged_member is not None:
-        raise ValueError(f"'{path}' is corrupt: member '{damaged_member}' fails its checksum")
-    missing = {"data", "policy.pth"} - members
-    if missing:
-        raise ValueError(f"'{path}' is not a complete saved model: missing {', '.join(sorted(missing))}")
-    return path
 
 
 class NPG(OnPolicyAlgorithm):
@@ -373,24 +364,94 @@ class NPG(OnPolicyAlgorithm):
         custom_objects: dict[str, Any] | None = None,
         print_system_info: bool = False,
         force_reset: bool = True,
+        trusted: bool = True,
         **kwargs: Any,
     ) -> SelfNPG:
         """
         Load a model saved with ``model.save(path)``; see SB3's ``BaseAlgorithm.load``.
 
-        A missing file raises ``FileNotFoundError`` and a file that is not a complete SB3 save
-        (not a zip archive, truncated, or without its model data) raises ``ValueError``, both naming the path.
+        A missing file raises ``FileNotFoundError``; a file that is not a complete SB3 save (not a zip archive,
+        truncated, or without its model data) or that another algorithm saved raises ``ValueError``, naming the
+        path (for another algorithm's policy, use ``set_parameters``).
+
+        :param trusted: ``True`` (SB3's behaviour): the file's pickled objects (spaces, schedules, classes) are
+            unpickled, which runs whatever code the file holds: only for files you trust.
+            ``False``: nothing is unpickled. The spaces come from ``env`` (required, or ``observation_space`` and
+            ``action_space`` in ``custom_objects``), the policy class from ``policy_aliases``, pickled
+            ``policy_kwargs`` from their readable copy (torch activations/optimisers and SB3's features
+            extractors only; else pass ``custom_objects={"policy_kwargs": ...}``), the weights from
+            ``torch.load(weights_only=True)``; other pickled entries keep the constructor's values. A file that
+            cannot be read that way raises ``ValueError``.
         """
-        if isinstance(path, str | pathlib.Path):
-            path = _existing_save_file(pathlib.Path(path))
+        save_file = read_save_file(path)
+        check_saved_by_npg(save_file, cls.__name__)
+        if trusted:
+            stream = save_file.stream()
+        else:
+            try:
+                stream, custom_objects = untrusted_load_arguments(cls, save_file, env, device, custom_objects)
+            except UntrustedLoadError as error:
+                raise UntrustedLoadError(f"{str(error).rstrip('.')}. {trust_hint(cls.__name__)}") from error
         return super().load(
-            path,
+            stream,
             env=env,
             device=device,
             custom_objects=custom_objects,
             print_system_info=print_system_info,
             force_reset=force_reset,
             **kwargs,
+        )
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        Save the model (SB3's format; ``.zip`` added to a path without suffix), see SB3's ``BaseAlgorithm.save``.
+
+        A path is written atomically: a temporary file in the same folder, renamed over ``path`` once complete,
+        so a save interrupted by an exception (or a crash) leaves the file that was there intact.
+        """
+        if isinstance(path, io.BufferedIOBase):
+            super().save(path, exclude=exclude, include=include)
+            return
+        with atomic_save_file(path) as file:
+            super().save(file, exclude=exclude, include=include)
+
+    def set_parameters(
+        self,
+        load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | dict[str, Any] | BaseAlgorithm,  # type: ignore[override]
+        exact_match: bool = True,
+        device: th.device | str = "auto",
+    ) -> None:
+        """
+        Load parameters from a save file, a dict (``get_parameters()``) or a model; see SB3's ``set_parameters``.
+
+        Parameters from another algorithm (PPO, A2C, TRPO, ... with the same policy architecture) warm-start NPG:
+        the policy weights are loaded, the optimiser state is not (NPG's critic optimiser holds the value
+        parameters only) and a ``UserWarning`` says so. ``.pth`` members are read with ``weights_only=True``.
+
+        :param load_path_or_dict: a save file (path or binary file object), a dict of state dicts, or a model
+        :param exact_match: the policy state dict must have exactly the policy's parameters
+        :param device: where to load the tensors
+        """
+        params, algorithm = read_parameters(load_path_or_dict, device)
+        optimizer_state = params.get("policy.optimizer")
+        if algorithm in (None, "NPG") and (
+            optimizer_state is None or optimizer_state_fits(optimizer_state, self.policy.optimizer)
+        ):
+            super().set_parameters(params, exact_match=exact_match, device=device)
+            return
+        if "policy" not in params:
+            raise ValueError(f"No policy weights to load from {algorithm or 'these parameters'} (keys: {sorted(params)})")
+        self.policy.load_state_dict(params["policy"], strict=exact_match)
+        warnings.warn(
+            f"Loaded the policy weights of {algorithm or 'another algorithm'} (its optimiser state does not fit NPG's, "
+            "whose critic optimiser holds the value parameters only): NPG's optimiser keeps its own state.",
+            UserWarning,
+            stacklevel=2,
         )
 
     def _excluded_save_params(self) -> list[str]:

@@ -1,0 +1,437 @@
+"""
+Saved models (:mod:`sb3_npg.save_load`, :mod:`sb3_npg.zoo_trust`): atomic ``save``, ``load(..., trusted=False)``
+of files from strangers (crafted files whose pickled entries create a marker file when unpickled), ``enjoy`` on a
+downloaded agent with poisoned files, and the warm start of NPG from PPO, A2C and TRPO files, models and dicts.
+"""
+
+import base64
+import contextlib
+import io
+import json
+import os
+import pathlib
+import pickle
+import stat
+import sys
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import TRPO
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from torch import nn
+
+from sb3_npg import NPG
+from sb3_npg.save_load import SERIALIZED, UntrustedLoadError, is_pickled
+from tests.envs import ACTION_SPACES, ToyEnv, image_space
+
+TINY = {"n_steps": 16, "batch_size": 8, "n_critic_updates": 2, "policy_kwargs": {"net_arch": [8]}, "seed": 0}
+
+
+def toy_env(action_space: spaces.Space = ACTION_SPACES["box6d"], observation_space: spaces.Space | None = None):
+    env_kwargs = {"action_space": action_space, "observation_space": observation_space}
+    return make_vec_env(ToyEnv, n_envs=1, seed=0, env_kwargs=env_kwargs)
+
+
+def observations_for(model: BaseAlgorithm, n: int = 20) -> np.ndarray:
+    space = model.observation_space
+    space.seed(0)
+    return np.stack([space.sample() for _ in range(n)])
+
+
+def assert_same_policy(model: BaseAlgorithm, reference: BaseAlgorithm) -> None:
+    """Same deterministic actions, action log-probabilities and values on the same observations."""
+    observations = observations_for(reference)
+    np.testing.assert_array_equal(
+        model.predict(observations, deterministic=True)[0], reference.predict(observations, deterministic=True)[0]
+    )
+    tensor, _ = reference.policy.obs_to_tensor(observations)
+    with th.no_grad():
+        actions = reference.policy.get_distribution(tensor).get_actions(deterministic=False)
+        expected = reference.policy.evaluate_actions(tensor, actions)
+        for actual, wanted in zip(model.policy.evaluate_actions(tensor, actions), expected, strict=True):
+            assert th.equal(actual, wanted)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Atomic save
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_interrupted_save_keeps_the_previous_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = NPG("MlpPolicy", toy_env(), **TINY)
+    first.save(tmp_path / "model.zip")
+    before = (tmp_path / "model.zip").read_bytes()
+    files_before = sorted(os.listdir(tmp_path))
+
+    def save_then_fail(obj, file, *args, **kwargs):
+        file.write(b"half a tensor")  # the write has started when the error comes
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(th, "save", save_then_fail)
+    second = NPG("MlpPolicy", toy_env(), **{**TINY, "seed": 1})
+    with pytest.raises(OSError, match="No space left"):
+        second.save(tmp_path / "model.zip")
+    monkeypatch.undo()
+
+    assert (tmp_path / "model.zip").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == files_before  # no temporary file left behind
+    assert_same_policy(NPG.load(tmp_path / "model.zip"), first)
+
+
+def test_save_writes_atomically_where_sb3_would(tmp_path: pathlib.Path) -> None:
+    model = NPG("MlpPolicy", toy_env(), **TINY)
+    model.save(tmp_path / "new" / "folder" / "model")  # missing folders are created, ".zip" added
+    assert sorted(os.listdir(tmp_path / "new" / "folder")) == ["model.zip"]
+    (tmp_path / "new" / "folder" / "model.zip").chmod(0o640)
+    model.save(str(tmp_path / "new" / "folder" / "model"))  # replacing keeps the file's permissions
+    assert stat.S_IMODE((tmp_path / "new" / "folder" / "model.zip").stat().st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path / "new" / "folder")) == ["model.zip"]
+
+    buffer = io.BytesIO()
+    model.save(buffer)  # file objects are written as SB3 writes them
+    buffer.seek(0)
+    assert_same_policy(NPG.load(buffer), model)
+    (tmp_path / "folder.zip").mkdir()
+    with pytest.raises(IsADirectoryError, match="folder"):
+        model.save(tmp_path / "folder.zip")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Untrusted files
+# --------------------------------------------------------------------------------------------------------
+
+
+class CreatesFile:
+    """Unpickling this object creates ``marker``: the payload of the crafted files."""
+
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def craft(source: pathlib.Path, target: pathlib.Path, marker: pathlib.Path, key: str | None = None, member: str | None = None):
+    """Copy a save file, replacing the pickled JSON entry ``key`` (readable fields kept) or the ``.pth`` ``member``."""
+    payload = pickle.dumps(CreatesFile(marker), protocol=2)
+    torch_file = io.BytesIO()
+    th.save({"weight": th.zeros(1), "payload": CreatesFile(marker)}, torch_file)
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as crafted:
+        for name in original.namelist():
+            content = original.read(name)
+            if name == "data" and key is not None:
+                data = json.loads(content)
+                assert is_pickled(data[key])
+                data[key][SERIALIZED] = base64.b64encode(payload).decode()
+                content = json.dumps(data).encode()
+            if name == member:
+                content = torch_file.getvalue()
+            crafted.writestr(name, content)
+
+
+@pytest.fixture
+def saved_model(tmp_path: pathlib.Path) -> tuple[NPG, pathlib.Path]:
+    model = NPG("MlpPolicy", toy_env(), **{**TINY, "policy_kwargs": {"net_arch": [8], "activation_fn": nn.ReLU}})
+    model.learn(32)
+    model.save(tmp_path / "model.zip")
+    return model, tmp_path / "model.zip"
+
+
+def test_crafted_entries_never_run_on_the_safe_path(saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    model, path = saved_model
+    with zipfile.ZipFile(path) as archive:
+        pickled = [key for key, value in json.loads(archive.read("data")).items() if is_pickled(value)]
+    assert {"observation_space", "action_space", "policy_class", "policy_kwargs", "_last_obs", "lr_schedule"} <= set(pickled)
+    for key in pickled:
+        marker = tmp_path / f"ran_{key}"
+        craft(path, tmp_path / f"crafted_{key}.zip", marker, key=key)
+        loaded = NPG.load(tmp_path / f"crafted_{key}.zip", env=toy_env(), trusted=False)
+        assert not marker.exists(), key
+        assert_same_policy(loaded, model)
+
+    # The payload is real: SB3's (trusted) load runs it.
+    marker = tmp_path / "ran_trusted"
+    craft(path, tmp_path / "crafted_trusted.zip", marker, key="_last_obs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        NPG.load(tmp_path / "crafted_trusted.zip", env=toy_env())
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("member", ["policy.pth", "policy.optimizer.pth", "pytorch_variables.pth"])
+def test_crafted_weights_raise_on_the_safe_path(
+    saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path, member: str
+) -> None:
+    _, path = saved_model
+    marker = tmp_path / "ran"
+    craft(path, tmp_path / "crafted.zip", marker, member=member)
+    with pytest.raises(UntrustedLoadError, match=rf"{member}.*weights_only.*trusted=True"):
+        NPG.load(tmp_path / "crafted.zip", env=toy_env(), trusted=False)
+    assert not marker.exists()
+    if member != "pytorch_variables.pth":  # set_parameters reads the state dicts only
+        with pytest.raises(UntrustedLoadError, match=rf"{member}.*weights_only"):
+            NPG("MlpPolicy", toy_env(), **TINY).set_parameters(tmp_path / "crafted.zip")
+        assert not marker.exists()
+
+
+def test_crafted_policy_class_outside_the_aliases_raises(
+    saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    _, path = saved_model
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(members["data"])
+    marker = tmp_path / "ran"
+    data["policy_class"] = {
+        ":type:": "<class 'type'>",
+        SERIALIZED: base64.b64encode(pickle.dumps(CreatesFile(marker), protocol=2)).decode(),
+        "__module__": "os",
+        "__init__": "<function system at 0x0>",
+    }
+    members["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(tmp_path / "crafted.zip", "w") as crafted:
+        for name, content in members.items():
+            crafted.writestr(name, content)
+    with pytest.raises(UntrustedLoadError, match=r"not one of NPG's policies.*custom_objects.*trusted=True"):
+        NPG.load(tmp_path / "crafted.zip", env=toy_env(), trusted=False)
+    assert not marker.exists()
+
+
+def test_planted_attributes_are_dropped_on_the_safe_path(
+    saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    model, path = saved_model
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(members["data"])
+    data["env"] = "planted:Env-v0"  # SB3's load would gym.make it (importing the module "planted") when env is None
+    members["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(tmp_path / "planted.zip", "w") as planted:
+        for name, content in members.items():
+            planted.writestr(name, content)
+    spaces_only = {"observation_space": model.observation_space, "action_space": model.action_space}
+    loaded = NPG.load(tmp_path / "planted.zip", trusted=False, custom_objects=spaces_only)
+    assert loaded.env is None
+    assert_same_policy(loaded, model)
+
+
+def test_trusted_is_a_keyword_not_an_attribute(saved_model: tuple[NPG, pathlib.Path]) -> None:
+    model, path = saved_model
+    for trusted in (True, False):
+        loaded = NPG.load(path, env=toy_env(), trusted=trusted)
+        assert "trusted" not in vars(loaded)
+        assert_same_policy(loaded, model)
+
+
+def test_untrusted_load_keeps_hyperparameters_and_trains(tmp_path: pathlib.Path) -> None:
+    policy_kwargs = {"net_arch": dict(pi=[8], vf=[6]), "activation_fn": nn.ELU, "optimizer_class": th.optim.AdamW}
+    model = NPG(
+        "MlpPolicy",
+        toy_env(ACTION_SPACES["discrete"]),
+        learning_rate=lambda progress: 3e-3 * progress,
+        target_kl=0.05,
+        fisher="hessian",
+        **{**TINY, "policy_kwargs": policy_kwargs},
+    )
+    model.learn(32)
+    model.save(tmp_path / "model.zip")
+    with pytest.warns(UserWarning, match="learning rate saved in .* is a pickled schedule"):
+        loaded = NPG.load(tmp_path / "model.zip", env=toy_env(ACTION_SPACES["discrete"]), trusted=False)
+    assert_same_policy(loaded, model)
+    assert (loaded.target_kl, loaded.fisher, loaded.num_timesteps) == (0.05, "hessian", 32)
+    assert loaded.policy_kwargs == policy_kwargs
+    assert type(loaded.policy.optimizer) is th.optim.AdamW
+    assert loaded.learning_rate == NPG.__init__.__defaults__[0]  # the schedule was pickled: the default replaces it
+    before = [p.detach().clone() for p in loaded.policy.parameters()]
+    loaded.learn(32, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 64
+    assert any(not th.equal(a, b) for a, b in zip(before, loaded.policy.parameters(), strict=True))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a learning rate given by the caller: no warning
+        custom_objects = {"learning_rate": 1e-4}
+        loaded = NPG.load(
+            tmp_path / "model.zip", env=toy_env(ACTION_SPACES["discrete"]), trusted=False, custom_objects=custom_objects
+        )
+    assert loaded.learning_rate == 1e-4
+
+
+def test_untrusted_load_needs_the_spaces(saved_model: tuple[NPG, pathlib.Path]) -> None:
+    model, path = saved_model
+    with pytest.raises(ValueError, match=r"needs env=.*trusted=True"):
+        NPG.load(path, trusted=False)
+    with pytest.raises(ValueError, match=r"action_space saved in .* does not match the env's: type .*Discrete"):
+        NPG.load(path, env=toy_env(ACTION_SPACES["discrete"]), trusted=False)
+    with pytest.raises(ValueError, match=r"observation_space saved in .* shape \(3,\) \(env: \(5,\)\)"):
+        NPG.load(path, env=toy_env(observation_space=spaces.Box(-1, 1, (5,), np.float32)), trusted=False)
+    # predictions only: the spaces given as custom objects
+    spaces_only = {"observation_space": model.observation_space, "action_space": model.action_space}
+    assert_same_policy(NPG.load(path, trusted=False, custom_objects=spaces_only), model)
+
+
+class Swish(nn.Module):
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return x * th.sigmoid(x)
+
+
+def test_untrusted_load_of_unknown_policy_kwargs(tmp_path: pathlib.Path) -> None:
+    policy_kwargs = {"net_arch": [8], "activation_fn": Swish}
+    model = NPG("MlpPolicy", toy_env(), **{**TINY, "policy_kwargs": policy_kwargs})
+    model.save(tmp_path / "model.zip")
+    with pytest.raises(UntrustedLoadError, match=r"policy_kwargs\['activation_fn'\].*Swish.*custom_objects.*trusted=True"):
+        NPG.load(tmp_path / "model.zip", env=toy_env(), trusted=False)
+    loaded = NPG.load(tmp_path / "model.zip", env=toy_env(), trusted=False, custom_objects={"policy_kwargs": policy_kwargs})
+    assert_same_policy(loaded, model)
+
+
+def test_untrusted_load_of_an_image_policy(tmp_path: pathlib.Path) -> None:
+    env = toy_env(ACTION_SPACES["discrete"], observation_space=image_space())  # channel last: SB3 transposes it
+    model = NPG("CnnPolicy", env, **{**TINY, "policy_kwargs": {"net_arch": [8], "share_features_extractor": False}})
+    model.save(tmp_path / "model.zip")
+    loaded = NPG.load(tmp_path / "model.zip", env=env, trusted=False)
+    assert type(loaded.policy) is type(model.policy)
+    assert_same_policy(loaded, model)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Warm start from another algorithm
+# --------------------------------------------------------------------------------------------------------
+
+SOURCES = {"PPO": (PPO, {"batch_size": 16}), "A2C": (A2C, {}), "TRPO": (TRPO, {"batch_size": 16})}
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+@pytest.mark.parametrize("algorithm", SOURCES)
+def test_warm_start_from_another_algorithm(tmp_path: pathlib.Path, algorithm: str, env_id: str) -> None:
+    source_class, source_kwargs = SOURCES[algorithm]
+    env = make_vec_env(env_id, n_envs=2, seed=0)
+    policy_kwargs = {"net_arch": dict(pi=[16], vf=[16])}
+    source = source_class("MlpPolicy", env, n_steps=16, policy_kwargs=policy_kwargs, seed=0, **source_kwargs)
+    source.learn(64)
+    source.save(tmp_path / "source.zip")
+
+    with pytest.raises(ValueError, match=rf"saved by {algorithm}, not NPG.*set_parameters"):
+        NPG.load(tmp_path / "source.zip", env=env)
+
+    for given in (tmp_path / "source.zip", source, source.get_parameters()):
+        model = NPG("MlpPolicy", env, n_steps=16, batch_size=16, policy_kwargs=policy_kwargs, seed=1)
+        critic_optimizer = model.policy.optimizer.state_dict()
+        with pytest.warns(UserWarning, match="Loaded the policy weights of .*NPG's optimiser keeps its own state"):
+            model.set_parameters(given)
+        assert_same_policy(model, source)
+        assert model.policy.optimizer.state_dict() == critic_optimizer
+        model.learn(32)  # the critic's optimiser steps on its own parameters
+
+
+def test_set_parameters_from_npg_loads_the_optimizer(tmp_path: pathlib.Path) -> None:
+    source = NPG("MlpPolicy", toy_env(), **TINY).learn(32)
+    source.save(tmp_path / "npg.zip")
+    model = NPG("MlpPolicy", toy_env(), **{**TINY, "seed": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.set_parameters(tmp_path / "npg.zip")
+    assert_same_policy(model, source)
+    saved, loaded = source.policy.optimizer.state_dict()["state"], model.policy.optimizer.state_dict()["state"]
+    assert saved.keys() == loaded.keys() and saved
+    assert all(th.equal(saved[i]["exp_avg"], loaded[i]["exp_avg"]) for i in saved)
+
+
+# --------------------------------------------------------------------------------------------------------
+# RL Zoo scripts on a downloaded agent
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zoo_agent(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A CartPole-v1 agent trained through the train entry point, with VecNormalize statistics."""
+    from sb3_npg import train
+
+    log_folder = tmp_path_factory.mktemp("logs")
+    hyperparams = ["n_envs:2", "n_steps:32", "batch_size:32", "normalize:'dict(norm_obs=True, norm_reward=False)'"]
+    argv = ["--env", "CartPole-v1", "-n", "64", "--seed", "0", "-f", str(log_folder), "--eval-freq", "-1"]
+    assert train.main([*argv, "--verbose", "0", "--num-threads", "1", "--hyperparams", *hyperparams]) == 0
+    return log_folder
+
+
+def poison(agent: pathlib.Path, target: pathlib.Path, where: str, marker: pathlib.Path) -> None:
+    """Copy the agent's folder to ``target`` with a payload that creates ``marker`` in the file ``where``."""
+    import shutil
+
+    shutil.copytree(agent, target)
+    run = target / "npg" / "CartPole-v1_1"
+    folder = run / "CartPole-v1"
+    if where == "model":
+        craft(agent / "npg" / "CartPole-v1_1" / "CartPole-v1.zip", run / "CartPole-v1.zip", marker, key="_last_obs")
+    elif where in ("config.yml", "args.yml"):
+        with open(folder / where, "a") as file:
+            file.write(f"  - - extra\n    - !!python/object/apply:builtins.open ['{marker}', 'w']\n")
+    elif where == "normalize":
+        config = (folder / "config.yml").read_text()
+        assert "dict(norm_obs=True, norm_reward=False)" in config
+        payload = f"__import__('pathlib').Path('{marker}').touch() or dict(norm_obs=True, norm_reward=False)"
+        (folder / "config.yml").write_text(config.replace("dict(norm_obs=True, norm_reward=False)", payload))
+    elif where == "vecnormalize.pkl":
+        (folder / "vecnormalize.pkl").write_bytes(pickle.dumps(CreatesFile(marker)))
+
+
+@pytest.mark.parametrize("where", ["model", "config.yml", "args.yml", "normalize", "vecnormalize.pkl"])
+def test_enjoy_does_not_run_a_downloaded_agents_code(
+    zoo_agent: pathlib.Path, tmp_path: pathlib.Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_npg import enjoy
+
+    marker = tmp_path / "ran"
+    poison(zoo_agent, tmp_path / "agent", where, marker)
+    argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
+    status = enjoy.main(argv)
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    if where == "model":
+        assert status == 0  # the pickled entry is not needed: the agent runs
+    else:
+        assert status == 2 and where.split(".")[0] in err and "--trusted" in err, err
+
+    # The payload is real: rl_zoo3's own loading (--trusted) runs it.
+    with contextlib.suppress(Exception):
+        enjoy.main([*argv, "--trusted"])
+    assert marker.exists()
+
+
+def test_enjoy_checks_the_wrappers(
+    zoo_agent: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from sb3_npg import enjoy
+
+    shutil.copytree(zoo_agent, tmp_path / "agent")
+    config = tmp_path / "agent" / "npg" / "CartPole-v1_1" / "CartPole-v1" / "config.yml"
+    with open(config, "a") as file:
+        file.write("  - - env_wrapper\n    - builtins.print\n")
+    argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
+    assert enjoy.main(argv) == 2
+    assert "builtins.print is not a gymnasium.core.Wrapper subclass" in capsys.readouterr().err
+    config.write_text(config.read_text().replace("builtins.print", "antigravity.Wrapper"))  # importing it opens a browser
+    assert enjoy.main(argv) == 2
+    assert "antigravity.Wrapper is in a package outside" in capsys.readouterr().err
+    assert "antigravity" not in sys.modules
+
+
+def test_enjoy_refuses_other_algorithms_models_unless_trusted(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_npg import enjoy
+
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    (tmp_path / "ppo").mkdir()
+    PPO("MlpPolicy", env, n_steps=16, batch_size=16).save(tmp_path / "ppo" / "CartPole-v1.zip")
+    argv = ["--algo", "ppo", "--env", "CartPole-v1", "-f", str(tmp_path), "--exp-id", "-1", "--no-render", "-n", "20"]
+    assert enjoy.main(argv) == 2
+    assert "only npg models are loaded without running their code" in capsys.readouterr().err
+    assert enjoy.main([*argv, "--trusted"]) == 0
