@@ -1,0 +1,171 @@
+"""Faults: an environment that raises, NaN and inf from an environment."""
+
+import threading
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from sb3_npg import NPG
+from sb3_npg.env_checks import NonFiniteError
+
+FAULT_STEP = 37  # with n_steps=16 and one env: in the third rollout (the second after a learn(16))
+
+
+class FaultyEnv(gym.Env):
+    """
+    Short episodes of random observations; at its ``fault_step``-th step (counted over its whole life) it raises
+    or returns ``bad_value`` in the observation, the reward or the terminal observation.
+
+    :param fault: ``"raise"``, ``"observation"``, ``"reward"``, ``"reset"`` (the first reset's observation),
+        ``"terminal"`` (the last observation of an episode, which SB3 bootstraps from) or ``None`` (a good env)
+    :param bad_value: the value put in the observation or the reward
+    :param fault_step: the step that fails
+    """
+
+    episode_length = 10
+
+    def __init__(self, fault: str | None = None, bad_value: float = np.nan, fault_step: int = FAULT_STEP):
+        self.observation_space = spaces.Box(-1, 1, (3,), np.float32)
+        self.action_space = spaces.Box(-1, 1, (1,), np.float32)
+        self.fault, self.bad_value, self.fault_step = fault, bad_value, fault_step
+        self.steps = 0
+        self.episode_steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.episode_steps = 0
+        observation = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        if self.fault == "reset":
+            observation[0] = self.bad_value
+        return observation, {}
+
+    def step(self, action):
+        self.steps += 1
+        self.episode_steps += 1
+        observation = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        reward = float(observation[0] * action[0])
+        truncated = self.episode_steps >= self.episode_length
+        if self.steps == self.fault_step:
+            if self.fault == "raise":
+                raise RuntimeError(f"boom at step {self.steps}")
+            if self.fault == "observation" or (self.fault == "terminal" and truncated):
+                observation[1] = self.bad_value
+            elif self.fault == "reward":
+                reward = self.bad_value
+        return observation, reward, False, truncated, {}
+
+
+def make_model(env: gym.Env | DummyVecEnv) -> NPG:
+    return NPG("MlpPolicy", env, n_steps=16, batch_size=16, n_critic_updates=2, seed=0)
+
+
+def all_finite(model: NPG) -> bool:
+    return all(bool(th.isfinite(parameter).all()) for parameter in model.policy.parameters())
+
+
+# --------------------------------------------------------------------------------------------------------
+# An environment that raises in step()
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_env_error_reaches_the_caller_and_the_model_trains_again(tmp_path: Path) -> None:
+    model = make_model(FaultyEnv("raise"))
+    model.learn(16)  # one update before the save
+    observations = np.random.default_rng(0).uniform(-1, 1, (8, 3)).astype(np.float32)
+    saved_actions, _ = model.predict(observations, deterministic=True)
+    model.save(tmp_path / "before")
+
+    with pytest.raises(RuntimeError, match=f"boom at step {FAULT_STEP}"):
+        model.learn(64)
+    assert model.num_timesteps == FAULT_STEP - 16 - 1  # stopped mid-rollout: learn() counts from 0, the env from its creation
+    assert all_finite(model)
+
+    loaded = NPG.load(tmp_path / "before")
+    np.testing.assert_array_equal(loaded.predict(observations, deterministic=True)[0], saved_actions)
+
+    model.set_env(FaultyEnv())
+    model.learn(64)
+    assert model.num_timesteps == 64
+    assert all_finite(model)
+    model.learn(32, reset_num_timesteps=False)
+    assert model.num_timesteps == 96
+
+
+def test_progress_bar_is_closed_when_the_env_raises() -> None:
+    pytest.importorskip("rich")
+    pytest.importorskip("tqdm")
+    model = make_model(FaultyEnv("raise"))
+    threads_before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="boom"):
+        model.learn(64, progress_bar=True)
+    # An open rich progress bar keeps a refresh thread running (tqdm's monitor thread is shared and stays)
+    left = [thread for thread in threading.enumerate() if thread not in threads_before and thread.name != "tqdm_monitor"]
+    assert left == []
+    model.set_env(FaultyEnv())
+    model.learn(32, progress_bar=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# NaN and inf from the environment
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "vecnormalize"])
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("quantity", ["observation", "reward"])
+def test_non_finite_values_stop_training_before_the_weights(quantity: str, bad_value: float, normalize: bool) -> None:
+    env = DummyVecEnv([lambda: FaultyEnv(quantity, bad_value)])
+    if normalize:
+        env = VecNormalize(env)
+    model = make_model(env)
+    with pytest.raises(NonFiniteError) as caught:
+        model.learn(64)
+    found = "nan" if np.isnan(bad_value) else "inf"
+    assert isinstance(caught.value, ValueError)
+    assert str(caught.value) == (
+        f"Training stopped: the environment returned {found} in the {quantity} (env index 0) at timestep {FAULT_STEP}"
+    )
+    assert (caught.value.quantity, caught.value.timestep) == (quantity, FAULT_STEP)
+    # Found before any update used it: nothing skipped, every weight finite, the running statistics too
+    assert model.skipped_updates == 0
+    assert all_finite(model)
+    if normalize:
+        assert np.isfinite(env.obs_rms.mean).all() and np.isfinite(env.obs_rms.var).all()
+        assert np.isfinite(env.ret_rms.mean) and np.isfinite(env.ret_rms.var)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("reset", "returned nan in the observation (env index 1) at reset, after timestep 0"),
+        ("terminal", "returned nan in the terminal observation (env index 1) at timestep 80"),
+    ],
+    ids=["reset", "terminal"],
+)
+def test_non_finite_reset_and_terminal_observations(fault: str, message: str) -> None:
+    # Two envs: env 1 fails at its 40th step, the end of its 4th episode, which is timestep 2 x 40
+    env = DummyVecEnv([lambda: FaultyEnv(), lambda: FaultyEnv(fault, fault_step=40)])
+    model = make_model(env)
+    with pytest.raises(NonFiniteError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        model.learn(128)
+    assert all_finite(model)
+
+
+def test_set_env_and_load_keep_the_check(tmp_path: Path) -> None:
+    model = make_model(FaultyEnv())
+    model.learn(16)
+    model.set_env(VecNormalize(DummyVecEnv([lambda: FaultyEnv("reward")])))
+    with pytest.raises(NonFiniteError, match=f"reward .* at timestep {16 + FAULT_STEP}"):
+        model.learn(64, reset_num_timesteps=False)
+    assert all_finite(model)
+
+    model.save(tmp_path / "model")
+    loaded = NPG.load(tmp_path / "model", env=FaultyEnv("observation", np.inf))
+    with pytest.raises(NonFiniteError, match=f"inf in the observation .* at timestep {FAULT_STEP}"):
+        loaded.learn(64)
+    assert all_finite(loaded)
