@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_npg import NPG
@@ -169,3 +171,23 @@ def test_set_env_and_load_keep_the_check(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError, match=f"inf in the observation .* at timestep {FAULT_STEP}"):
         loaded.learn(64)
     assert all_finite(loaded)
+
+
+def test_the_check_is_transparent_to_eval_callback_and_env_access() -> None:
+    # SB3's EvalCallback syncs VecNormalize statistics by walking the training and evaluation wrappers in step:
+    # the check must not add a wrapper that only the training env has
+    train_env = VecNormalize(DummyVecEnv([FaultyEnv]))
+    eval_env = VecNormalize(DummyVecEnv([lambda: Monitor(FaultyEnv())]), training=False, norm_reward=False)
+    model = make_model(train_env)
+    model.learn(64, callback=EvalCallback(eval_env, eval_freq=32, n_eval_episodes=1, verbose=0))
+    np.testing.assert_array_equal(eval_env.obs_rms.mean, train_env.obs_rms.mean)
+    assert model.get_vec_normalize_env() is train_env
+
+    model = make_model(FaultyEnv())
+    env = model.get_env()
+    assert env is not None
+    assert isinstance(env.envs[0].unwrapped, FaultyEnv)  # DummyVecEnv's own attribute
+    assert env.get_attr("episode_length") == [FaultyEnv.episode_length]
+    assert env.env_is_wrapped(Monitor) == [True]
+    model.set_env(env)  # the same env again: checked once
+    assert model.get_env() is env and not isinstance(env.venv, type(env))
