@@ -1,6 +1,13 @@
-"""Faults: an environment that raises, NaN and inf from an environment."""
+"""Faults: an environment that raises, NaN and inf from an environment, an RL Zoo run killed and resumed."""
 
+import hashlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -15,6 +22,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from sb3_npg import NPG
 from sb3_npg.env_checks import NonFiniteError
 
+REPO = Path(__file__).resolve().parents[1]
 FAULT_STEP = 37  # with n_steps=16 and one env: in the third rollout (the second after a learn(16))
 
 
@@ -191,3 +199,121 @@ def test_the_check_is_transparent_to_eval_callback_and_env_access() -> None:
     assert env.env_is_wrapped(Monitor) == [True]
     model.set_env(env)  # the same env again: checked once
     assert model.get_env() is env and not isinstance(env.venv, type(env))
+
+
+# --------------------------------------------------------------------------------------------------------
+# RL Zoo: a run killed with SIGKILL, resumed from its last checkpoint
+# --------------------------------------------------------------------------------------------------------
+
+ZOO_RUN = [
+    "--algo",
+    "npg",
+    "--env",
+    "Pendulum-v1",
+    "--seed",
+    "0",
+    "--eval-freq",
+    "-1",
+    "--num-threads",
+    "1",
+    "--save-freq",
+    "256",
+    "--hyperparams",
+    "normalize:True",
+    "n_steps:64",
+    "batch_size:64",
+]
+RESUMED_STEPS = 512  # 4 rollouts of 2 envs x 64 steps
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*.*")}
+
+
+def load_statistics(path: Path) -> VecNormalize:
+    with path.open("rb") as file:
+        return pickle.load(file)
+
+
+def test_zoo_run_killed_then_resumed_from_its_last_checkpoint(tmp_path: Path) -> None:
+    pytest.importorskip("rl_zoo3")
+    logs = tmp_path / "logs"
+    killed_run, resumed_run = logs / "npg" / "Pendulum-v1_1", logs / "npg" / "Pendulum-v1_2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "sb3_npg.train", *ZOO_RUN, "-f", str(logs), "--verbose", "0"]
+    process = subprocess.Popen(
+        [*command, "-n", "1000000"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(killed_run.glob("rl_model_*_steps.zip")):
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the checkpoint's write finish; the next one is 256 steps away
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed_run / "Pendulum-v1.zip").exists()  # killed mid-training
+
+    checkpoints = sorted(killed_run.glob("rl_model_*_steps.zip"), key=lambda path: int(path.stem.split("_")[2]))
+    last = checkpoints[-1]
+    last_steps = int(last.stem.split("_")[2])
+    statistics = load_statistics(killed_run / f"rl_model_vecnormalize_{last_steps}_steps.pkl")
+    before = digests(killed_run)
+
+    resumed = subprocess.run(
+        [*command, "-n", str(RESUMED_STEPS), "-i", str(last)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+
+    # The final model loads, and counted on from the checkpoint's timesteps
+    final = NPG.load(resumed_run / "Pendulum-v1.zip")
+    assert final.num_timesteps == last_steps + RESUMED_STEPS
+    final.predict(np.zeros(3, np.float32))
+    assert (resumed_run / f"rl_model_{last_steps + 256}_steps.zip").is_file()
+    # It started from the checkpoint's VecNormalize statistics: the final ones add this run's samples to them
+    # (observations: one per step plus the 2 of the first reset; returns: one per step)
+    final_statistics = load_statistics(resumed_run / "Pendulum-v1" / "vecnormalize.pkl")
+    assert final_statistics.ret_rms.count == pytest.approx(statistics.ret_rms.count + RESUMED_STEPS)
+    assert final_statistics.obs_rms.count == pytest.approx(statistics.obs_rms.count + RESUMED_STEPS + 2)
+    # Nothing saved before the kill is lost or changed, and every checkpoint has its statistics and loads
+    assert digests(killed_run) == before
+    for checkpoint in checkpoints:
+        steps = checkpoint.stem.split("_")[2]
+        assert (killed_run / f"rl_model_vecnormalize_{steps}_steps.pkl").is_file()
+        assert NPG.load(checkpoint).num_timesteps == int(steps)
+
+
+def test_zoo_resume_without_the_checkpoints_statistics_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("rl_zoo3")
+    from sb3_npg import train as npg_train
+    from sb3_npg.zoo import checkpoint_statistics_path
+
+    assert checkpoint_statistics_path("run/rl_model_768_steps.zip") == Path("run/rl_model_vecnormalize_768_steps.pkl")
+    assert checkpoint_statistics_path("run/Pendulum-v1.zip") is None
+    logs = tmp_path / "logs"
+    assert npg_train.main([*ZOO_RUN, "-f", str(logs), "--verbose", "0", "-n", "256"]) == 0
+    run = logs / "npg" / "Pendulum-v1_1"
+    assert (run / "rl_model_vecnormalize_256_steps.pkl").is_file()
+    (run / "rl_model_512_steps.zip").write_bytes((run / "rl_model_256_steps.zip").read_bytes())  # no statistics
+    capsys.readouterr()
+
+    assert (
+        npg_train.main([*ZOO_RUN, "-f", str(logs), "--verbose", "0", "-n", "256", "-i", str(run / "rl_model_512_steps.zip")])
+        == 2
+    )
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert "rl_model_vecnormalize_512_steps.pkl is missing" in error[0]
+    assert "resume from one that has them (rl_model_256_steps.zip)" in error[0]
+    assert not (logs / "npg" / "Pendulum-v1_2").exists()  # nothing half-written
