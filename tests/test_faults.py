@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -230,6 +231,17 @@ def digests(folder: Path) -> dict[str, str]:
     return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*.*")}
 
 
+def is_complete_save(path: Path) -> bool:
+    """Whether SB3 has finished writing the model file at ``path``: its last member is in the zip's directory."""
+    # (zipfile.is_zipfile is not enough: while the outer archive is written, its tail can be a member's own
+    # zip directory, torch.save's)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "system_info.txt" in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_statistics(path: Path) -> VecNormalize:
     with path.open("rb") as file:
         return pickle.load(file)
@@ -241,19 +253,21 @@ def test_zoo_run_killed_then_resumed_from_its_last_checkpoint(tmp_path: Path) ->
     killed_run, resumed_run = logs / "npg" / "Pendulum-v1_1", logs / "npg" / "Pendulum-v1_2"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "sb3_npg.train", *ZOO_RUN, "-f", str(logs), "--verbose", "0"]
-    process = subprocess.Popen(
-        [*command, "-n", "1000000"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list(killed_run.glob("rl_model_*_steps.zip")):
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.05)
-        time.sleep(0.3)  # let the checkpoint's write finish; the next one is 256 steps away
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    stderr = tmp_path / "killed_run.stderr"
+    with stderr.open("w") as stderr_file:
+        process = subprocess.Popen(
+            [*command, "-n", "1000000"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file
+        )
+        try:
+            # Killed as soon as a checkpoint is complete; the next one is 256 steps (2 rollouts and updates) away
+            deadline = time.monotonic() + 120
+            while not any(is_complete_save(path) for path in killed_run.glob("rl_model_*_steps.zip")):
+                assert process.poll() is None, stderr.read_text()
+                assert time.monotonic() < deadline, "no checkpoint after 120 s"
+                time.sleep(0.02)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (killed_run / "Pendulum-v1.zip").exists()  # killed mid-training
 
