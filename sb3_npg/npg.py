@@ -16,6 +16,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, ProgressBarCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
@@ -24,6 +25,7 @@ from torch import nn
 
 from sb3_npg.critic import fit_critic
 from sb3_npg.critic import index_observations as _index_observations
+from sb3_npg.env_checks import NonFiniteError, with_finite_check
 from sb3_npg.fisher import (
     FISHER_BACKENDS,
     add_to_parameters_,
@@ -46,6 +48,17 @@ from sb3_npg.save_load import (
 )
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
+
+
+def _with_progress_bar(callback: MaybeCallback, progress: ProgressBarCallback | None) -> MaybeCallback:
+    """``callback`` with ``progress`` added (as SB3's ``learn(progress_bar=True)`` adds its own), or unchanged."""
+    if progress is None:
+        return callback
+    if isinstance(callback, list):
+        callback = CallbackList(callback)
+    if not isinstance(callback, BaseCallback):
+        callback = ConvertCallback(callback)
+    return CallbackList([callback, progress])
 
 
 class NPG(OnPolicyAlgorithm):
@@ -176,6 +189,8 @@ class NPG(OnPolicyAlgorithm):
         self.fisher = fisher
         self.damped_step_size = damped_step_size
         self.skipped_updates = 0
+        if self.env is not None:
+            self.env = with_finite_check(self.env)
         self._check_hyperparameters()
 
         if _init_setup_model:
@@ -346,14 +361,41 @@ class NPG(OnPolicyAlgorithm):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfNPG:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+        """
+        Train; see SB3's ``OnPolicyAlgorithm.learn``.
+
+        An error raised by the environment reaches the caller unchanged and leaves the model ready for another
+        ``learn`` (after ``set_env`` with a working environment); the progress bar is closed. A NaN or inf from
+        the environment raises :class:`~sb3_npg.env_checks.NonFiniteError` naming the quantity and the timestep.
+        """
+        # The progress bar is created here, not by SB3, so that it can be closed when training fails
+        progress = ProgressBarCallback() if progress_bar else None
+        try:
+            return super().learn(
+                total_timesteps=total_timesteps,
+                callback=_with_progress_bar(callback, progress),
+                log_interval=log_interval,
+                tb_log_name=tb_log_name,
+                reset_num_timesteps=reset_num_timesteps,
+                progress_bar=False,
+            )
+        except BaseException as error:
+            if isinstance(error, NonFiniteError):
+                # num_timesteps counts the steps before the one that failed
+                error.set_timestep(self.num_timesteps + (self.n_envs if error.during == "step" else 0))
+            if progress is not None and getattr(progress, "pbar", None) is not None:
+                progress.on_training_end()  # SB3 closes it only when training ends normally
+            raise
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        """
+        Set the environment to learn from (see SB3's ``BaseAlgorithm.set_env``), with NPG's NaN/inf check.
+
+        :param env: the new environment (same spaces and number of environments)
+        :param force_reset: reset the environment before the next ``learn``
+        """
+        super().set_env(env, force_reset=force_reset)
+        self.env = with_finite_check(self.env)  # type: ignore[arg-type]
 
     @classmethod
     def load(  # type: ignore[override]

@@ -9,13 +9,17 @@ The RL Zoo bridge: NPG as a first-class algorithm of ``rl_zoo3``.
 - ``rl_zoo3.hyperparams_opt.HYPERPARAMS_CONVERTER["npg"]``: sampled values back to hyperparameters, for
   ``--trial-id`` (:func:`convert_npg_params`).
 
-It also wraps three methods of ``rl_zoo3.exp_manager.ExperimentManager``, active for ``algo == "npg"`` only:
+It also wraps six methods of ``rl_zoo3.exp_manager.ExperimentManager``, active for ``algo == "npg"`` only:
 
 - ``read_hyperparameters``: the YAML entry (after ``--hyperparams`` overrides) is checked with
   :func:`check_hyperparameters`, so an unknown key or a value out of range fails before any file is written;
 - ``setup_experiment``: if it fails, the run folder it created is removed (nothing half-written is left);
 - ``objective``: the sampled ``normalize`` flag (``VecNormalize`` or not) is applied to the trial's envs,
-  which the Zoo's samplers cannot do themselves (they only return model arguments).
+  which the Zoo's samplers cannot do themselves (they only return model arguments);
+- ``create_callbacks``: ``--save-freq`` checkpoints also save their ``VecNormalize`` statistics
+  (:class:`CheckpointWithStatistics`);
+- ``create_envs`` and ``learn``: ``-i <checkpoint>`` resumes with that checkpoint's statistics
+  (:func:`restore_checkpoint_statistics`) and keeps counting timesteps from the checkpoint's.
 
 Importing this module imports neither ``rl_zoo3`` nor ``optuna``; :func:`register` does, and raises an
 ``ImportError`` naming the extra to install when they are missing.
@@ -29,10 +33,13 @@ import functools
 import inspect
 import numbers
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from stable_baselines3.common.callbacks import CheckpointCallback
 
 from sb3_npg.fisher import FISHER_BACKENDS
 from sb3_npg.npg import NPG
@@ -316,6 +323,134 @@ def _wrap_objective(original: Callable) -> Callable:
     return objective
 
 
+# --------------------------------------------------------------------------------------------------------
+# Checkpoints that can be resumed: VecNormalize statistics saved with each one, timesteps that keep counting
+# --------------------------------------------------------------------------------------------------------
+
+_CHECKPOINT_NAME = re.compile(r"^(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip$")
+
+
+def checkpoint_statistics_path(checkpoint: str | Path) -> Path | None:
+    """
+    Where the ``VecNormalize`` statistics of a checkpoint are saved (SB3's ``CheckpointCallback`` naming).
+
+    :param checkpoint: a model checkpoint, ``<folder>/<prefix>_<steps>_steps.zip``
+    :return: ``<folder>/<prefix>_vecnormalize_<steps>_steps.pkl``, or ``None`` if ``checkpoint`` is not named
+        like a checkpoint (a final or best model: RL Zoo pairs those with ``<env>/vecnormalize.pkl`` itself)
+    """
+    path = Path(checkpoint)
+    match = _CHECKPOINT_NAME.match(path.name)
+    if match is None:
+        return None
+    return path.with_name(f"{match['prefix']}_vecnormalize_{match['steps']}_steps.pkl")
+
+
+def _checkpoints_with_statistics(folder: Path) -> list[str]:
+    """The checkpoints in ``folder`` that have their statistics beside them, oldest first."""
+    found = []
+    for checkpoint in folder.glob("*_steps.zip"):
+        statistics = checkpoint_statistics_path(checkpoint)
+        if statistics is not None and statistics.is_file():
+            found.append((int(_CHECKPOINT_NAME.match(checkpoint.name)["steps"]), checkpoint.name))  # type: ignore[index]
+    return [name for _, name in sorted(found)]
+
+
+class CheckpointWithStatistics(CheckpointCallback):
+    """
+    SB3's ``CheckpointCallback`` that saves the ``VecNormalize`` statistics *before* the model.
+
+    A checkpoint ``<prefix>_<steps>_steps.zip`` then always has its ``<prefix>_vecnormalize_<steps>_steps.pkl``,
+    even when the run is killed while saving (SB3 writes them after the model). Without ``VecNormalize`` it
+    saves the model only.
+    """
+
+    def _on_step(self) -> bool:
+        vec_normalize = self.model.get_vec_normalize_env()
+        if self.n_calls % self.save_freq == 0 and vec_normalize is not None:
+            checkpoint = os.path.join(self.save_path, f"{self.name_prefix}_{self.num_timesteps}_steps.zip")
+            vec_normalize.save(str(checkpoint_statistics_path(checkpoint)))
+        return super()._on_step()
+
+
+def restore_checkpoint_statistics(env: Any, checkpoint: str | Path) -> None:
+    """
+    Give ``env``'s ``VecNormalize`` the statistics saved with ``checkpoint``.
+
+    Does nothing when ``env`` is not normalized or ``checkpoint`` is not named like a checkpoint.
+
+    :param env: a ``VecEnv``, possibly wrapped
+    :param checkpoint: the model checkpoint being resumed (``<prefix>_<steps>_steps.zip``)
+    :raises FileNotFoundError: the checkpoint's statistics are missing (the message lists the checkpoints
+        of its folder that have them)
+    """
+    from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
+
+    vec_normalize = unwrap_vec_normalize(env)
+    statistics = checkpoint_statistics_path(checkpoint)
+    if vec_normalize is None or statistics is None:
+        return
+    if not statistics.is_file():
+        resumable = _checkpoints_with_statistics(statistics.parent)
+        hint = f"resume from one that has them ({', '.join(resumable)})" if resumable else "no checkpoint there has them"
+        raise FileNotFoundError(
+            f"{checkpoint} has no VecNormalize statistics beside it ({statistics.name} is missing; "
+            f"the run saved none or was killed while saving): {hint}"
+        )
+    print(f"Loading the checkpoint's VecNormalize statistics from {statistics}")
+    saved = VecNormalize.load(str(statistics), vec_normalize.venv)
+    vec_normalize.obs_rms = saved.obs_rms
+    vec_normalize.ret_rms = saved.ret_rms
+
+
+def _wrap_create_callbacks(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def create_callbacks(self: Any) -> None:
+        original(self)
+        if self.algo == ALGO_NAME:
+            for index, callback in enumerate(self.callbacks):
+                if type(callback) is CheckpointCallback:
+                    self.callbacks[index] = CheckpointWithStatistics(
+                        save_freq=callback.save_freq,
+                        save_path=callback.save_path,
+                        name_prefix=callback.name_prefix,
+                        save_replay_buffer=callback.save_replay_buffer,
+                        verbose=callback.verbose,
+                    )
+
+    return create_callbacks
+
+
+def _wrap_create_envs(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def create_envs(self: Any, *args: Any, **kwargs: Any) -> Any:
+        env = original(self, *args, **kwargs)
+        if self.algo == ALGO_NAME and self.continue_training:
+            try:
+                restore_checkpoint_statistics(env, self.trained_agent)
+            except BaseException:
+                env.close()
+                raise
+        return env
+
+    return create_envs
+
+
+def _wrap_learn(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def learn(self: Any, model: Any) -> None:
+        if self.algo != ALGO_NAME or not self.continue_training:
+            return original(self, model)
+        # Resuming (-i): RL Zoo calls model.learn(n_timesteps), which counts from 0 again; keep counting from
+        # the loaded model's num_timesteps instead (-n is then the number of timesteps to add).
+        model.learn = functools.partial(type(model).learn, model, reset_num_timesteps=False)
+        try:
+            return original(self, model)
+        finally:
+            del model.learn
+
+    return learn
+
+
 def register() -> None:
     """
     Make ``--algo npg`` work in RL Zoo (training, tuning, ``--trial-id``, enjoy, videos, Hub). Idempotent.
@@ -338,6 +473,9 @@ def register() -> None:
         ("read_hyperparameters", _wrap_read_hyperparameters),
         ("setup_experiment", _wrap_setup_experiment),
         ("objective", _wrap_objective),
+        ("create_callbacks", _wrap_create_callbacks),
+        ("create_envs", _wrap_create_envs),
+        ("learn", _wrap_learn),
     ):
         method = getattr(manager, name)
         if not getattr(method, _WRAPPED_MARKER, False):
