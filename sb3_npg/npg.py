@@ -3,7 +3,8 @@ Natural Policy Gradient (NPG): the algorithm.
 
 One ``train()`` call: policy gradient ``g`` on the actor parameters, ``x ~ (F + damping I)^-1 g`` from
 the Fisher machinery in :mod:`sb3_npg.fisher`, the step ``sqrt(2 target_kl / x^T F x) x`` (no line
-search), the KL measured after the step, then the critic's regression on the returns.
+search on the surrogate; with ``step_length="exact"`` the scale along ``x`` is searched until the measured KL
+is ``target_kl``), the KL measured after the step, then the critic's regression on the returns.
 """
 
 import io
