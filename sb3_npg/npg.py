@@ -164,9 +164,10 @@ class NPG(OnPolicyAlgorithm):
     :param step_length: How the step along ``x`` is scaled: ``"quadratic"`` (default) takes the scale
         ``sqrt(2 target_kl / x^T F x)`` at which the quadratic model of the KL equals ``target_kl``; ``"exact"``
         starts there and searches the scale at which the KL measured on the batch is within 5 % of
-        ``target_kl`` (secant in log-log space, bisection as a safeguard), at most 6 forward passes per update
-        (one more than ``"quadratic"`` in most updates). It never ends above ``1.05 target_kl``: without a scale
-        inside the tolerance it keeps the largest one below (counted in ``train/kl_search_failures``).
+        ``target_kl`` (secant in log-log space, bisection as a safeguard), with at most 6 forward passes of the
+        actor per update (``"quadratic"`` makes one, to measure the KL). It never ends above ``1.05 target_kl``:
+        without a scale inside the tolerance it keeps the largest one below (counted in
+        ``train/kl_search_failures``), and without any it leaves the actor unchanged (a skipped update).
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
         instead of action noise exploration (default: False)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
