@@ -24,6 +24,12 @@ file; tables and figures use the current runs (a stale one only where no current
     nice -n 10 python benchmarks/rewards.py                    # everything (classic, box2d, mujoco)
     python benchmarks/rewards.py --plot-only                   # redraw the figures and the table
     python benchmarks/rewards.py --adopt <zoo_run.py log folder>  # record a run made outside the suite
+
+A variant of the NPG entries (``--hyperparams KEY:VALUE ...``, passed on to the Zoo as overrides, e.g.
+``--hyperparams "step_length:'exact'" --algos npg``) is recorded apart, in
+``benchmarks/results/variants/<overrides>/rewards.jsonl`` with its own log folders; its runs are current while
+their hyperparameters are today's entry with those overrides, and its ``summary.md`` and curves show it beside
+the shipped entry's runs (and the other algorithms') from ``benchmarks/results/rewards.jsonl``.
 """
 
 import argparse
@@ -130,24 +136,44 @@ def canonical_value(value: str) -> str:
     return str(sorted_keys(eval(value, {"nn": nn})))  # the one name the Zoo's policy_kwargs strings use
 
 
+def variant_of(result: dict[str, Any]) -> tuple[str, ...]:
+    """The ``KEY:VALUE`` overrides of the variant a run belongs to (``()`` for the shipped entry)."""
+    return tuple(result.get("variant", ()))
+
+
+def label(result: dict[str, Any]) -> str:
+    """The algorithm's name in tables and figures: ``npg``, or ``npg[step_length:'exact']`` for a variant."""
+    variant = variant_of(result)
+    return f"{result['algo']}[{','.join(variant)}]" if variant else result["algo"]
+
+
 @functools.cache
-def current_entry(algo: str, env: str) -> tuple[tuple[str, str], ...] | None:
+def current_entry(algo: str, env: str, variant: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...] | None:
     """
     The hyperparameters a run of ``algo`` on ``env`` uses today (as the Zoo saves them: values as strings,
-    without ``n_timesteps``), from the same file and entry as ``zoo_run.py``; ``None`` if there is none.
+    without ``n_timesteps``), from the same file and entry as ``zoo_run.py``, with the ``variant``'s overrides
+    applied as the Zoo applies ``--hyperparams`` (values evaluated); ``None`` if there is none.
     """
+    from torch import nn
     from zoo_run import config_entry
 
     found = config_entry(algo, env)
     if found is None:
         return None
-    return tuple(sorted((str(key), canonical_value(str(value))) for key, value in found[1].items() if key != "n_timesteps"))
+    entry = {str(key): canonical_value(str(value)) for key, value in found[1].items() if key != "n_timesteps"}
+    for override in variant:
+        key, _, value = override.partition(":")
+        entry[key] = canonical_value(str(eval(value, {"nn": nn})))
+    return tuple(sorted(entry.items()))
 
 
 def is_current(result: dict[str, Any]) -> bool:
-    """Whether a recorded run used the hyperparameters its config entry has today (unknown: assumed so)."""
+    """
+    Whether a recorded run used the hyperparameters its config entry has today, with its variant's overrides
+    (unknown: assumed so).
+    """
     saved = result.get("hyperparams")
-    entry = current_entry(result["algo"], result["env"])
+    entry = current_entry(result["algo"], result["env"], variant_of(result))
     if saved is None or entry is None:
         return True
     return tuple(sorted((key, canonical_value(value)) for key, value in saved.items() if key != "n_timesteps")) == entry
@@ -178,8 +204,9 @@ def steps_so_far(run_dir: pathlib.Path) -> int:
 class Runner:
     """Launches ``zoo_run.py`` processes and keeps track of them so that they can be stopped together."""
 
-    def __init__(self, log_root: pathlib.Path, eval_freq: int, verbose: int) -> None:
+    def __init__(self, log_root: pathlib.Path, eval_freq: int, verbose: int, variant: tuple[str, ...] = ()) -> None:
         self.log_root = log_root
+        self.variant = variant
         self.eval_freq = eval_freq
         self.verbose = verbose
         self.processes: set[subprocess.Popen] = set()
@@ -194,13 +221,14 @@ class Runner:
         run_dir = self.run_dir(key)
         finished = run_dir / "result.json"
         if finished.is_file():  # finished, but the previous call was killed before recording it (unless stale)
-            result = {**json.loads(finished.read_text()), "n_timesteps": steps}
+            result = {**json.loads(finished.read_text()), "n_timesteps": steps, **self._variant_field()}
             if is_current(result):
                 return result
         shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over
         run_dir.mkdir(parents=True)
         command = [sys.executable, str(HERE / "zoo_run.py"), "--algo", algo, "--env", env, "--seed", str(seed)]
         command += ["--n-timesteps", str(steps), "--log-folder", str(run_dir), "--eval-freq", str(self.eval_freq)]
+        command += ["--hyperparams", *self.variant] if self.variant else []
         start = time.perf_counter()
         with open(run_dir / "output.log", "w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -215,7 +243,11 @@ class Runner:
         result = json.loads(finished.read_text())
         result["wall_time_s"] = round(time.perf_counter() - start, 2)
         result["n_timesteps"] = steps
+        result.update(self._variant_field())
         return result
+
+    def _variant_field(self) -> dict[str, list[str]]:
+        return {"variant": list(self.variant)} if self.variant else {}
 
     def stop(self) -> None:
         with self.lock:
@@ -230,7 +262,7 @@ def run_all(
     from tqdm import tqdm
 
     recorded = read_results(results_path)
-    done = {run_key(r) for r in recorded if is_current(r)}
+    done = {run_key(r) for r in recorded if is_current(r) and variant_of(r) == runner.variant}
     stale = {run_key(r) for r in recorded} - done
     pending = [key for key in keys if key not in done]
     print(f"{len(keys)} runs, {len(keys) - len(pending)} already in {results_path}, {len(pending)} to do")
@@ -287,15 +319,20 @@ def run_all(
     return finished, failures
 
 
-def adopt_run(run_dir: pathlib.Path, results_path: pathlib.Path) -> list[str]:
-    """Record a finished ``zoo_run.py`` run made outside the suite, if it used today's entry; returns failures."""
+def adopt_run(run_dir: pathlib.Path, results_path: pathlib.Path, variant: tuple[str, ...] = ()) -> list[str]:
+    """
+    Record a finished ``zoo_run.py`` run made outside the suite, if it used today's entry (with the ``variant``'s
+    overrides); returns failures.
+    """
     finished = run_dir / "result.json"
     if not finished.is_file():
         return [f"{run_dir}: no result.json (not a finished zoo_run.py run)"]
     result = json.loads(finished.read_text())
+    if variant:
+        result["variant"] = list(variant)
     if not is_current(result):
         return [f"{run_dir}: its hyperparameters are not today's {result['algo']} entry for {result['env']}"]
-    if any(run_key(r) == run_key(result) and is_current(r) for r in read_results(results_path)):
+    if any(run_key(r) == run_key(result) and label(r) == label(result) and is_current(r) for r in read_results(results_path)):
         return [f"{run_dir}: {run_key(result)} is already recorded"]
     finished_at = datetime.datetime.fromtimestamp(finished.stat().st_mtime, datetime.timezone.utc)
     result.update(machine=machine(), date=finished_at.isoformat(timespec="seconds"), wall_time_s=None)
@@ -309,7 +346,7 @@ def group_results(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[d
     """Runs by (env, algo), one per seed (the latest current line wins, else the latest stale one), sorted by seed."""
     latest: dict[tuple[str, str, int], dict[str, Any]] = {}
     for result in results:
-        key = (result["env"], result["algo"], result["seed"])
+        key = (result["env"], label(result), result["seed"])
         if is_current(result) or key not in latest or not is_current(latest[key]):
             latest[key] = result
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
@@ -362,14 +399,16 @@ def plot_curves(results: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pa
 
 
 def summary_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table: mean ± std over seeds of the final return, per-seed values, NPG - TRPO."""
+    """Markdown table: mean ± std over seeds of the final return, per-seed values, NPG - TRPO (and NPG variants - NPG)."""
     grouped = group_results(results)
     envs = [env for env in BUDGETS if any(key[0] == env for key in grouped)]
     envs += sorted({env for env, _ in grouped} - set(envs))
     algos = [a for a in ALGOS if any(key[1] == a for key in grouped)]
     algos += sorted({a for _, a in grouped} - set(algos))
+    variants = [a for a in algos if a.startswith("npg[")]
     header = "| env | steps | " + " | ".join(a.upper() for a in algos) + " | NPG - TRPO |"
-    lines = [header, "|" + "---|" * (len(algos) + 3)]
+    header += "".join(f" {a.upper()} - NPG |" for a in variants)
+    lines = [header, "|" + "---|" * (len(algos) + 3 + len(variants))]
     any_stale = False
     for env in envs:
         steps = sorted({run_key(r)[3] for a in algos for r in grouped.get((env, a), [])})
@@ -385,6 +424,7 @@ def summary_table(results: list[dict[str, Any]]) -> str:
             any_stale = any_stale or not all(is_current(r) for r in runs)
             cells.append(f"**{np.mean(values):.0f}** ± {np.std(values):.0f} <br><sub>{per_seed}</sub>")
         diff = f"{means['npg'] - means['trpo']:+.0f}" if {"npg", "trpo"} <= means.keys() else "-"
+        diff += "".join(f" | {means[a] - means['npg']:+.0f}" if {"npg", a} <= means.keys() else " | -" for a in variants)
         lines.append(
             f"| {env} | {'/'.join(f'{s:.0e}'.replace('e+0', 'e') for s in steps)} | " + " | ".join(cells) + f" | {diff} |"
         )
@@ -422,12 +462,22 @@ def main() -> int:
         help="record finished zoo_run.py runs made outside the suite (e.g. tuning runs) whose hyperparameters\n"
         "are today's entry, instead of training them again",
     )
+    parser.add_argument(
+        "--hyperparams",
+        nargs="+",
+        default=[],
+        metavar="KEY:VALUE",
+        help="a variant: overrides of the entries, passed to the Zoo (e.g. \"step_length:'exact'\"), recorded in\n"
+        "results/variants/<overrides>/ and shown beside the shipped entries' runs",
+    )
     args = parser.parse_args()
 
+    variant = tuple(args.hyperparams)
+    variant_dir = pathlib.Path("variants", ",".join(variant).replace("'", "").replace('"', "").replace("/", "-"))
     out_dir = HERE / "logs" / "quick" if args.quick else HERE / "results"
-    results_path = args.results or out_dir / "rewards.jsonl"
+    results_path = args.results or out_dir / (variant_dir if variant else "") / "rewards.jsonl"
     out_dir = results_path.parent
-    log_root = args.log_root or HERE / "logs" / ("quick" if args.quick else "runs")
+    log_root = args.log_root or HERE / "logs" / ("quick" if args.quick else "runs") / (variant_dir if variant else "")
     envs = expand_envs(args.envs or (QUICK_ENVS if args.quick else GROUPS))
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     unknown = [env for env in envs if env not in BUDGETS and args.n_timesteps is None]
@@ -436,11 +486,11 @@ def main() -> int:
 
     failures: list[str] = []
     for run_dir in args.adopt:
-        failures += adopt_run(run_dir, results_path)
+        failures += adopt_run(run_dir, results_path, variant)
     if not args.plot_only and not args.adopt:
         budget = {env: args.n_timesteps or (QUICK_STEPS if args.quick else BUDGETS[env][1]) for env in envs}
         keys = [(algo, env, seed, budget[env]) for env in envs for seed in seeds for algo in args.algos]
-        runner = Runner(log_root, args.eval_freq, verbose=0)
+        runner = Runner(log_root, args.eval_freq, verbose=0, variant=variant)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on `kill` as on Ctrl-C
         try:
             _, failures = run_all(keys, results_path, runner, args.jobs, {"machine": machine()})
@@ -449,6 +499,9 @@ def main() -> int:
             return 130
 
     results = read_results(results_path)
+    if results and variant:  # beside the shipped entries' runs (and the other algorithms') on the same envs
+        shipped = read_results(HERE / ("logs/quick" if args.quick else "results") / "rewards.jsonl")
+        results += [r for r in shipped if r["env"] in {v["env"] for v in results}]
     if results:
         out_dir.mkdir(parents=True, exist_ok=True)
         for figure in plot_curves(results, out_dir):

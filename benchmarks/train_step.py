@@ -1,6 +1,9 @@
 """
 Train-step benchmark: NPG (each Fisher backend) against sb3-contrib TRPO at matched settings.
 
+``npg-exact`` is ``npg-gauss_newton`` with ``step_length="exact"`` (the KL measured until it is ``target_kl``
+within 5 %); its cells also give its extra time over ``npg-gauss_newton`` (paired median over rounds).
+
 Every model gets the same rollout buffer (same env, rollout size, network, CG steps, critic epochs
 and minibatch size), and ``train()`` is timed over repeated calls, interleaved round-robin so that
 load on the machine hits every model alike. Prints medians and NPG/TRPO ratios, then:
@@ -45,7 +48,7 @@ from sb3_npg import NPG
 from sb3_npg.fisher import FISHER_BACKENDS
 
 RESULTS = Path(__file__).parent / "results"
-ALGORITHMS = ("trpo", *(f"npg-{backend}" for backend in FISHER_BACKENDS))
+ALGORITHMS = ("trpo", *(f"npg-{backend}" for backend in FISHER_BACKENDS), "npg-exact")
 
 
 def make_model(algorithm: str, env_id: str, n_steps: int, width: int, **kwargs: Any) -> BaseAlgorithm:
@@ -61,6 +64,8 @@ def make_model(algorithm: str, env_id: str, n_steps: int, width: int, **kwargs: 
     )
     if algorithm == "trpo":
         return TRPO("MlpPolicy", env_id, **settings)
+    if algorithm == "npg-exact":
+        return NPG("MlpPolicy", env_id, step_length="exact", **settings)
     return NPG("MlpPolicy", env_id, fisher=algorithm.removeprefix("npg-"), **settings)
 
 
@@ -83,23 +88,32 @@ def time_train(models: dict[str, BaseAlgorithm], repeats: int) -> dict[str, dict
     Time ``train()`` per model, calls interleaved round-robin (after one warm-up round).
 
     :return: per model, the median milliseconds and the median over rounds of its time divided by TRPO's
-        in the same round (a paired ratio: load on the shared machine that lasts a round cancels out)
+        in the same round (a paired ratio: load on the shared machine that lasts a round cancels out); for
+        ``npg-exact`` also the paired ratio to ``npg-gauss_newton`` and its mean number of KL evaluations
     """
     times: dict[str, list[float]] = {name: [] for name in models}
+    kl_evaluations: list[float] = []
     for repeat in range(repeats + 1):
         for name, model in models.items():
             start = time.perf_counter()
             model.train()
             if repeat > 0:
                 times[name].append(time.perf_counter() - start)
+                if name == "npg-exact":
+                    kl_evaluations.append(model.logger.name_to_value["train/kl_evaluations"])
     reference = times.get("trpo")
-    return {
+    timings = {
         name: {
             "median_ms": 1000 * statistics.median(values),
             "ratio_to_trpo": statistics.median(v / r for v, r in zip(values, reference, strict=True)) if reference else 1.0,
         }
         for name, values in times.items()
     }
+    if {"npg-exact", "npg-gauss_newton"} <= times.keys():
+        pairs = zip(times["npg-exact"], times["npg-gauss_newton"], strict=True)
+        timings["npg-exact"]["ratio_to_gauss_newton"] = statistics.median(exact / plain for exact, plain in pairs)
+        timings["npg-exact"]["mean_kl_evaluations"] = statistics.mean(kl_evaluations)
+    return timings
 
 
 def timing(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -262,9 +276,19 @@ def _time_table(rows: list[dict[str, Any]], first_column: str) -> list[str]:
     lines = [f"| {first_column} | network | " + " | ".join(ALGORITHMS) + " |", "|---|---|" + "---|" * len(ALGORITHMS)]
     for key, width in dict.fromkeys((row[first_column], row["width"]) for row in rows):
         cells = {row["algorithm"]: row for row in rows if (row[first_column], row["width"]) == (key, width)}
-        timings = [f"{cells[a]['median_ms']:.0f} ms ({cells[a]['ratio_to_trpo']:.2f}x)" for a in ALGORITHMS]
+        timings = [_time_cell(cells[a]) if a in cells else "-" for a in ALGORITHMS]
         lines.append(f"| {key} | {width}x{width} | " + " | ".join(timings) + " |")
     return [*lines, ""]
+
+
+def _time_cell(row: dict[str, Any]) -> str:
+    """``<ms> (<ratio to TRPO>x)``, and for ``npg-exact`` its extra time over ``npg-gauss_newton`` and KL evaluations."""
+    cell = f"{row['median_ms']:.0f} ms ({row['ratio_to_trpo']:.2f}x)"
+    if "ratio_to_gauss_newton" in row:
+        cell += (
+            f", {100 * (row['ratio_to_gauss_newton'] - 1):+.0f} % over gauss_newton, {row['mean_kl_evaluations']:.1f} KL evals"
+        )
+    return cell
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -306,6 +330,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed train() calls per model (default 21, quick 5)")
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=DEFAULT_PARTS)
     parser.add_argument("--memory-child", nargs=2, metavar=("ALGORITHM", "N_SAMPLES"), help=argparse.SUPPRESS)
+    parser.add_argument("--output", default=None, help="results file name without extension (default: train_step[_quick])")
     args = parser.parse_args()
     th.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -323,11 +348,12 @@ def main() -> None:
     for part in args.parts:
         results[part] = PARTS[part](args)
     RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
+    default_name = "train_step_quick" if args.quick else "train_step"
     if args.parts == ["fast_paths"]:  # its own record: the full results stay
-        suffix += "_fast_paths"
-    (RESULTS / f"train_step{suffix}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"train_step{suffix}.md").write_text(markdown(results))
+        default_name += "_fast_paths"
+    name = args.output or default_name
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{name}.md").write_text(markdown(results))
     print(markdown(results))
 
 

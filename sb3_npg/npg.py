@@ -3,7 +3,8 @@ Natural Policy Gradient (NPG): the algorithm.
 
 One ``train()`` call: policy gradient ``g`` on the actor parameters, ``x ~ (F + damping I)^-1 g`` from
 the Fisher machinery in :mod:`sb3_npg.fisher`, the step ``sqrt(2 target_kl / x^T F x) x`` (no line
-search), the KL measured after the step, then the critic's regression on the returns.
+search on the surrogate; with ``step_length="exact"`` the scale along ``x`` is searched until the measured KL
+is ``target_kl``), the KL measured after the step, then the critic's regression on the returns.
 """
 
 import io
@@ -17,6 +18,7 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, ProgressBarCallback
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
@@ -34,6 +36,8 @@ from sb3_npg.fisher import (
     mean_summed_kl,
     policy_gradient,
     policy_jacobian,
+    search_step_scale,
+    set_parameters_along_,
 )
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_npg.save_load import (
@@ -48,6 +52,12 @@ from sb3_npg.save_load import (
 )
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
+
+#: How the step along the natural gradient is scaled (``step_length``)
+STEP_LENGTHS = ("quadratic", "exact")
+#: ``step_length="exact"``: the relative tolerance on the measured KL, and the budget of KL evaluations per update
+EXACT_KL_TOLERANCE = 0.05
+EXACT_MAX_KL_EVALUATIONS = 6
 
 
 def _with_progress_bar(callback: MaybeCallback, progress: ProgressBarCallback | None) -> MaybeCallback:
@@ -68,7 +78,8 @@ class NPG(OnPolicyAlgorithm):
     Every update maximises the first-order gain ``g^T dtheta`` subject to
     ``E_s[KL(pi_old(.|s) || pi_new(.|s))] ~ target_kl`` (KL summed over action dimensions):
     ``dtheta = sqrt(2 target_kl / x^T F x) x`` with ``x ~ (F + cg_damping I)^-1 g``.
-    Unlike TRPO there is no line search: the quadratic model of the KL is trusted.
+    Unlike TRPO there is no line search on the surrogate: by default the quadratic model of the KL is trusted;
+    ``step_length="exact"`` rescales the step along ``x`` until the measured KL equals ``target_kl``.
 
     Paper: https://proceedings.neurips.cc/paper/2001/hash/4b86abe48d358ecf194c56c69108433e-Abstract.html
     (Kakade, "A Natural Policy Gradient", 2001); see also https://arxiv.org/abs/1703.02660
@@ -98,6 +109,14 @@ class NPG(OnPolicyAlgorithm):
     :param damped_step_size: Normalise the step by ``x^T (F + lambda I) x`` instead of ``x^T F x``.
         This is TRPO's normalisation; it under-steps (measured 0.4-0.95 ``target_kl`` on HalfCheetah, closer to
         ``target_kl`` when the curvature is large against ``cg_damping``). The MuJoCo entries of ``npg.yml`` use it.
+        With ``step_length="exact"`` it only changes the scale the search starts from.
+    :param step_length: How the step along ``x`` is scaled: ``"quadratic"`` (default) takes the scale
+        ``sqrt(2 target_kl / x^T F x)`` at which the quadratic model of the KL equals ``target_kl``; ``"exact"``
+        starts there and searches the scale at which the KL measured on the batch is within 5 % of
+        ``target_kl`` (secant in log-log space, bisection as a safeguard), with at most 6 forward passes of the
+        actor per update (``"quadratic"`` makes one, to measure the KL). It never ends above ``1.05 target_kl``:
+        without a scale inside the tolerance it keeps the largest one below (counted in
+        ``train/kl_search_failures``), and without any it leaves the actor unchanged (a skipped update).
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
         instead of action noise exploration (default: False)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
@@ -139,6 +158,7 @@ class NPG(OnPolicyAlgorithm):
         sub_sampling_factor: int = 1,
         fisher: str = "gauss_newton",
         damped_step_size: bool = False,
+        step_length: str = "quadratic",
         use_sde: bool = False,
         sde_sample_freq: int = -1,
         rollout_buffer_class: type[RolloutBuffer] | None = None,
@@ -188,7 +208,9 @@ class NPG(OnPolicyAlgorithm):
         self.sub_sampling_factor = sub_sampling_factor
         self.fisher = fisher
         self.damped_step_size = damped_step_size
+        self.step_length = step_length
         self.skipped_updates = 0
+        self.kl_search_failures = 0
         if self.env is not None:
             self.env = with_finite_check(self.env)
         self._check_hyperparameters()
@@ -209,6 +231,7 @@ class NPG(OnPolicyAlgorithm):
             ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
             ("gae_lambda", 0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
             ("fisher", self.fisher in FISHER_BACKENDS, f"must be one of {', '.join(map(repr, FISHER_BACKENDS))}"),
+            ("step_length", self.step_length in STEP_LENGTHS, f"must be one of {', '.join(map(repr, STEP_LENGTHS))}"),
         ]
         if self.env is not None:
             buffer_size = self.n_steps * self.env.num_envs
@@ -324,17 +347,60 @@ class NPG(OnPolicyAlgorithm):
             return
 
         previous = [parameter.detach().clone() for parameter in self.actor_parameters]
+        if self.step_length == "exact":
+            self._exact_step(observations, old, direction, previous, step_size.item())
+            return
         add_to_parameters_(self.actor_parameters, direction, alpha=step_size.item())
         with th.no_grad():
             kl = mean_summed_kl(old, self.policy.get_distribution(observations))
         if not th.isfinite(kl):
-            with th.no_grad():
-                for parameter, value in zip(self.actor_parameters, previous, strict=True):
-                    parameter.copy_(value)
+            self._restore_actor(previous)
             self._skip_update(f"the KL after the step is {kl.item()}")
             return
         self.logger.record("train/step_size", step_size.item())
         self.logger.record("train/kl_divergence", kl.item())
+
+    def _exact_step(
+        self,
+        observations: PyTorchObs,
+        old: Distribution,
+        direction: th.Tensor,
+        previous: list[th.Tensor],
+        initial_scale: float,
+    ) -> None:
+        """
+        ``step_length="exact"``: along ``direction``, the scale whose measured KL is ``target_kl`` within
+        ``EXACT_KL_TOLERANCE``, searched from the quadratic estimate ``initial_scale`` (see
+        :func:`~sb3_npg.fisher.search_step_scale`); every trial sets ``theta_old + scale * direction`` and
+        measures the KL with one forward pass. The actor ends at the chosen scale (``theta_old`` if none is safe).
+        """
+
+        def kl_at(scale: float) -> float:
+            set_parameters_along_(self.actor_parameters, previous, direction, scale)
+            with th.no_grad():
+                return mean_summed_kl(old, self.policy.get_distribution(observations)).item()
+
+        search = search_step_scale(kl_at, initial_scale, self.target_kl, EXACT_KL_TOLERANCE, EXACT_MAX_KL_EVALUATIONS)
+        self.kl_search_failures += not search.converged
+        self.logger.record("train/kl_evaluations", search.evaluations)
+        self.logger.record("train/quadratic_kl_ratio", search.initial_kl / self.target_kl)
+        self.logger.record("train/kl_search_failures", self.kl_search_failures)
+        if search.scale == 0.0:
+            self._restore_actor(previous)
+            self._skip_update(
+                f"no step scale in {search.evaluations} KL evaluations kept the KL below "
+                f"{1 + EXACT_KL_TOLERANCE:g} target_kl (at the quadratic estimate: {search.initial_kl:.3g})"
+            )
+            return
+        set_parameters_along_(self.actor_parameters, previous, direction, search.scale)
+        self.logger.record("train/step_size", search.scale)
+        self.logger.record("train/kl_divergence", search.kl)
+
+    def _restore_actor(self, previous: list[th.Tensor]) -> None:
+        """Set the actor parameters back to ``previous`` (their values before the step)."""
+        with th.no_grad():
+            for parameter, value in zip(self.actor_parameters, previous, strict=True):
+                parameter.copy_(value)
 
     def _skip_update(self, reason: str) -> None:
         """Leave the actor unchanged, warn and count the skipped update."""

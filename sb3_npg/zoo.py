@@ -42,7 +42,7 @@ from typing import Any
 from stable_baselines3.common.callbacks import CheckpointCallback
 
 from sb3_npg.fisher import FISHER_BACKENDS
-from sb3_npg.npg import NPG
+from sb3_npg.npg import NPG, STEP_LENGTHS
 
 ALGO_NAME = "npg"
 """The algorithm's name in RL Zoo (``--algo npg``)."""
@@ -145,6 +145,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sde_sample_freq": (lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
     "stats_window_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "fisher": (lambda v: v in FISHER_BACKENDS, f"one of {', '.join(map(repr, FISHER_BACKENDS))}"),
+    "step_length": (lambda v: v in STEP_LENGTHS, f"one of {', '.join(map(repr, STEP_LENGTHS))}"),
     "normalize": (lambda v: isinstance(v, bool | dict | str), "true, false, a dict or a 'dict(...)' string"),
     "policy": (lambda v: isinstance(v, str | type), "a policy name such as 'MlpPolicy'"),
     "policy_kwargs": (lambda v: isinstance(v, dict | str), "a dict or a 'dict(...)' string"),

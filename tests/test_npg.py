@@ -230,6 +230,7 @@ def test_load_corrupt_files(tmp_path: pathlib.Path) -> None:
         ("batch_size", 33),  # n_steps * n_envs = 16 * 2
         ("sub_sampling_factor", 0),
         ("fisher", "natural"),
+        ("step_length", "line_search"),
     ],
 )
 def test_invalid_hyperparameters_raise(name: str, value) -> None:

@@ -282,6 +282,7 @@ def test_unknown_env_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         ({"n_critic_updates": 0}, ["n_critic_updates=0"]),
         ({"cg_max_steps": 2.5}, ["cg_max_steps=2.5"]),
         ({"fisher": "exact"}, ["fisher='exact'"]),
+        ({"step_length": "line_search"}, ["step_length='line_search'"]),
         ({"batch_size": 4096}, ["batch_size=4096", "n_steps * n_envs = 1024"]),
         ({"policy_kwargs": "dict(net_arch=[8], bogus=1)"}, ["bogus"]),
     ],
@@ -320,12 +321,15 @@ def test_check_hyperparameters_accepts_zoo_keys() -> None:
             "frame_stack": 4,
             "learning_rate": "lin_3e-4",
             "policy_kwargs": "dict(net_arch=[64])",
+            "step_length": "exact",
         }
     )
     with pytest.raises(ZooConfigError, match="learning_rate='lin_x'"):
         check_hyperparameters({"policy": "MlpPolicy", "learning_rate": "lin_x"})
     with pytest.raises(ZooConfigError, match="'policy'"):
         check_hyperparameters({"n_timesteps": 10})
+    with pytest.raises(ZooConfigError, match="step_length='line_search'"):
+        check_hyperparameters({"policy": "MlpPolicy", "step_length": "line_search"})
 
 
 # --------------------------------------------------------------------------------------------------------
