@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from sb3_npg import NPG  # noqa: E402
 from sb3_npg import train as npg_train  # noqa: E402
+from sb3_npg.zoo import hide_password  # noqa: E402
 from tests.postgres import PostgresServer, find_server_bin_dir, free_port, running_postgres  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,6 +244,19 @@ def test_cluster_recipe_workers_share_one_study_and_survive_a_killed_worker(
     assert model.target_kl == pytest.approx(best.params["target_kl"])
     assert model.n_steps == 2 ** best.params["n_steps_pow"]
     assert model.gamma == pytest.approx(1 - best.params["one_minus_gamma"])
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg2://optuna:s3cret@db:5432/studies", "postgresql+psycopg2://optuna:***@db:5432/studies"),
+        ("postgresql://optuna:p@ss:w/rd@db/studies", "postgresql://optuna:***@db/studies"),  # unescaped @ and /
+        ("postgresql+psycopg2://optuna@db:5432/studies", "postgresql+psycopg2://optuna@db:5432/studies"),
+        ("sqlite:///studies.db", "sqlite:///studies.db"),
+    ],
+)
+def test_hide_password(url: str, shown: str) -> None:
+    assert hide_password(url) == shown
 
 
 def wrong_password(server: PostgresServer) -> tuple[str, str]:
