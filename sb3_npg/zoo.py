@@ -25,7 +25,8 @@ Importing this module imports neither ``rl_zoo3`` nor ``optuna``; :func:`registe
 ``ImportError`` naming the extra to install when they are missing.
 
 :func:`run_zoo_script` runs one of RL Zoo's scripts after :func:`register` (the ``python -m sb3_npg.*``
-entry points), reporting input errors in one line; :func:`hub_compatibility` lets rl_zoo3's
+entry points), reporting input errors in one line (a storage URL that cannot be used too, its password
+hidden: :func:`storage_error_message`); :func:`hub_compatibility` lets rl_zoo3's
 ``push_to_hub`` import with ``huggingface_sb3`` 3.x.
 """
 
@@ -534,6 +535,63 @@ def algo_of(argv: list[str], default: str = ALGO_NAME) -> str:
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, AssertionError, FileNotFoundError, KeyError)
 
 
+CLUSTER_HINT = 'pip install "sb3_npg[cluster]" (psycopg2) and write postgresql+psycopg2://...'
+"""How to get the PostgreSQL driver, named when the driver of a ``--storage`` URL is missing."""
+
+
+def hide_password(url: str) -> str:
+    """
+    ``url`` with its password replaced by ``***`` (``postgresql://user:***@host/db``).
+
+    Everything between the user name and the last ``@`` is hidden, so a password with an unescaped ``@``
+    does not leak either; a URL without a password is returned unchanged.
+
+    :param url: a SQLAlchemy database URL
+    :return: the URL to show
+    """
+    return re.sub(r"^([\w+.-]+://[^:/@]*):.*@", r"\1:***@", url)
+
+
+def storage_error_message(error: BaseException, argv: list[str]) -> str | None:
+    """
+    The one-line message for an error of the Optuna database named by ``--storage``, else ``None``.
+
+    Recognised: an error of the database driver (wrong password, nothing listening at the host and port, no
+    such database, the server gone), a URL SQLAlchemy cannot parse or whose dialect it does not know, and a
+    URL whose driver is not installed. Journal files (``--storage <path>.log``) are not database URLs and
+    are left alone.
+
+    :param error: the exception raised by RL Zoo's script
+    :param argv: the script's command line, where ``--storage`` is looked up
+    :return: the message, naming the URL without its password, or ``None`` when ``error`` is not a storage error
+    """
+    url = None
+    for index, arg in enumerate(argv):
+        if arg == "--storage" and index + 1 < len(argv):
+            url = argv[index + 1]
+        elif arg.startswith("--storage="):
+            url = arg.split("=", 1)[1]
+    if url is None or url.endswith(".log"):
+        return None
+    from sqlalchemy import create_engine
+    from sqlalchemy import exc as sqlalchemy_errors
+
+    where = f"the Optuna storage {hide_password(url)}"
+    cause: BaseException | None = error
+    while cause is not None:  # Optuna re-raises some driver errors as its own StorageInternalError
+        if isinstance(cause, sqlalchemy_errors.DBAPIError):
+            return f"{where}: {' '.join(str(cause.orig).split())}"
+        if isinstance(cause, sqlalchemy_errors.ArgumentError):
+            return f"{where}: {' '.join(str(cause).split())}"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(error, ImportError):
+        try:  # the engine imports the URL's driver (and connects only when used)
+            create_engine(url).dispose()
+        except ImportError as missing:
+            return f"{where} needs a database driver that is not installed ({missing}); {CLUSTER_HINT}"
+    return None
+
+
 def run_zoo_script(
     prog: str,
     module: str,
@@ -550,8 +608,8 @@ def run_zoo_script(
         ``if __name__ == "__main__"`` (run as ``__main__`` with :mod:`runpy`)
     :param argv: the command line arguments (``None``: ``sys.argv[1:]``)
     :param defaults: options added when absent, see :func:`with_default_arguments`
-    :return: the exit status: 0, or 2 for an input error (reported in one line on stderr; set the environment
-        variable ``SB3_NPG_DEBUG=1`` for the traceback)
+    :return: the exit status: 0, or 2 for an input error or an unusable ``--storage`` database (reported in one
+        line on stderr; set the environment variable ``SB3_NPG_DEBUG=1`` for the traceback)
     """
     import importlib
     import runpy
@@ -575,6 +633,12 @@ def run_zoo_script(
         if isinstance(error, KeyError):
             message = f"missing key {message}"
         print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        storage_message = storage_error_message(error, argv)
+        if storage_message is None or os.environ.get("SB3_NPG_DEBUG"):
+            raise
+        print(f"{prog}: error: {storage_message}", file=sys.stderr)
         return 2
     finally:
         sys.argv = saved_argv
