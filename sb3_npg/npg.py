@@ -23,11 +23,12 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from sb3_npg.critic import fit_critic
 from sb3_npg.critic import index_observations as _index_observations
-from sb3_npg.env_checks import NonFiniteError, with_finite_check
+from sb3_npg.env_checks import FiniteCheck, NonFiniteError, with_finite_check
 from sb3_npg.fisher import (
     FISHER_BACKENDS,
     add_to_parameters_,
@@ -462,6 +463,14 @@ class NPG(OnPolicyAlgorithm):
         """
         super().set_env(env, force_reset=force_reset)
         self.env = with_finite_check(self.env)  # type: ignore[arg-type]
+
+    def get_env(self) -> VecEnv | None:
+        """
+        The environment as given (see SB3's ``BaseAlgorithm.get_env``): the ``VecEnv`` itself when NPG's NaN/inf
+        check sits on top of it (with wrappers such as ``VecNormalize``, the check sits below them, inside).
+        """
+        env = super().get_env()
+        return env.venv if isinstance(env, FiniteCheck) else env
 
     @classmethod
     def load(  # type: ignore[override]

@@ -21,7 +21,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_npg import NPG
-from sb3_npg.env_checks import NonFiniteError
+from sb3_npg.env_checks import FiniteCheck, NonFiniteError
 
 REPO = Path(__file__).resolve().parents[1]
 FAULT_STEP = 37  # with n_steps=16 and one env: in the third rollout (the second after a learn(16))
@@ -198,8 +198,10 @@ def test_the_check_is_transparent_to_eval_callback_and_env_access() -> None:
     assert isinstance(env.envs[0].unwrapped, FaultyEnv)  # DummyVecEnv's own attribute
     assert env.get_attr("episode_length") == [FaultyEnv.episode_length]
     assert env.env_is_wrapped(Monitor) == [True]
+    assert isinstance(env, DummyVecEnv)  # get_env() gives the env as built, the check stays inside the model
     model.set_env(env)  # the same env again: checked once
-    assert model.get_env() is env and not isinstance(env.venv, type(env))
+    assert model.get_env() is env
+    assert isinstance(model.env, FiniteCheck) and not isinstance(model.env.venv, FiniteCheck)
 
 
 # --------------------------------------------------------------------------------------------------------
