@@ -107,11 +107,27 @@ def test_search_with_every_scale_above_takes_no_step(curve) -> None:
 
 
 def nearly_deterministic_cartpole(**kwargs) -> NPG:
-    """CartPole with a policy choosing action 0 with probability ~0.993 (logit bias 5), its rollout collected."""
-    model = NPG("MlpPolicy", "CartPole-v1", seed=0, n_steps=256, batch_size=256, policy_kwargs={"net_arch": [16]}, **kwargs)
+    """
+    CartPole with a policy choosing action 0 with probability ~0.993 (logit bias 5), its rollout collected, and
+    advantages that favour the rare action 1 (-1 for action 0, +1 for action 1, not normalised): the step moves
+    probability towards the rare action, where the KL grows faster than its quadratic model (towards the
+    dominant action it grows slower), whatever the sampled states.
+    """
+    model = NPG(
+        "MlpPolicy",
+        "CartPole-v1",
+        seed=0,
+        n_steps=256,
+        batch_size=256,
+        normalize_advantage=False,
+        policy_kwargs={"net_arch": [16]},
+        **kwargs,
+    )
     with th.no_grad():
         model.policy.action_net.bias.copy_(th.tensor([5.0, 0.0]))
     collect(model)
+    buffer = model.rollout_buffer
+    buffer.advantages[:] = np.where(buffer.actions[..., 0] == 1, 1.0, -1.0)
     return model
 
 
@@ -153,7 +169,10 @@ def test_exact_step_lands_where_the_quadratic_model_overshoots(fisher: str) -> N
     quadratic = Update(model, state, "quadratic")
     exact = Update(model, state, "exact")
 
-    assert quadratic.kl / TARGET > 1.5
+    if fisher == "empirical":  # a sample estimate of F from the few sampled rare actions: the miss may go either way
+        assert abs(quadratic.kl / TARGET - 1) > 3 * TOLERANCE
+    else:
+        assert quadratic.kl / TARGET > 1.5
     assert abs(exact.kl / TARGET - 1) <= TOLERANCE
     assert exact.logs["train/kl_divergence"] == pytest.approx(exact.kl, rel=1e-5)
     assert cosine(exact.change, quadratic.change) == pytest.approx(1.0, abs=1e-6)
