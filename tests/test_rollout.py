@@ -102,14 +102,14 @@ def assert_same_training(fast: tuple[NPG, BufferRecorder, dict[str, Any]], sb3: 
             fast_value, sb3_value = fast_buffer[field], sb3_buffer[field]
             if isinstance(sb3_value, dict):
                 for key in sb3_value:
-                    np.testing.assert_allclose(fast_value[key], sb3_value[key], rtol=0, atol=1e-6, err_msg=f"{field}[{key}]")
+                    np.testing.assert_allclose(fast_value[key], sb3_value[key], rtol=0, atol=0, err_msg=f"{field}[{key}]")
             else:
-                np.testing.assert_allclose(fast_value, sb3_value, rtol=0, atol=1e-6, err_msg=field)
+                np.testing.assert_allclose(fast_value, sb3_value, rtol=0, atol=0, err_msg=field)
     assert len(fast_recorder.step_locals) == len(sb3_recorder.step_locals)
     for fast_locals, sb3_locals in zip(fast_recorder.step_locals, sb3_recorder.step_locals, strict=True):
         assert fast_locals.keys() == sb3_locals.keys()
         for name in sb3_locals:
-            np.testing.assert_allclose(fast_locals[name], sb3_locals[name], rtol=0, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(fast_locals[name], sb3_locals[name], rtol=0, atol=0, err_msg=name)
     assert th.equal(fast_random["torch"], sb3_random["torch"]), "torch's generator state differs"
     for fast_part, sb3_part in zip(fast_random["numpy"], sb3_random["numpy"], strict=True):
         np.testing.assert_array_equal(fast_part, sb3_part)
@@ -120,7 +120,7 @@ def assert_same_training(fast: tuple[NPG, BufferRecorder, dict[str, Any]], sb3: 
     ]
     assert len(fast_model.ep_info_buffer) > 0
     for fast_parameter, sb3_parameter in zip(fast_model.policy.parameters(), sb3_model.policy.parameters(), strict=True):
-        th.testing.assert_close(fast_parameter, sb3_parameter, rtol=0, atol=1e-6)
+        th.testing.assert_close(fast_parameter, sb3_parameter, rtol=0, atol=0)
 
 
 def check_equivalent(*args: Any, **kwargs: Any) -> None:
