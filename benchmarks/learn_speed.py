@@ -13,7 +13,8 @@ rollout costs when the policy, the buffer and the bookkeeping are free. ``npg-sb
 Runs are interleaved round-robin (every algorithm once per round, in a rotating order) so that load on the
 machine hits them alike; each ratio is the median over rounds of the ratio within a round.
 
-Usage::
+Run it with the ``sb3_npg`` to measure importable (e.g. ``PYTHONPATH=.`` from a checkout); the header of the
+results names the one used. Usage::
 
     python benchmarks/learn_speed.py                      # every config, 3 rounds of 8192 steps
     python benchmarks/learn_speed.py --configs HalfCheetah-v5:2 CartPole-v1:8 --rounds 5 --steps 16384
@@ -42,6 +43,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+import sb3_npg
 from sb3_npg import NPG
 
 RESULTS = Path(__file__).parent / "results"
@@ -199,7 +201,7 @@ def main() -> None:
     finished = time.strftime("%H:%M UTC", time.gmtime())
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, 1 torch thread, "
-        f"Python {platform.python_version()}"
+        f"Python {platform.python_version()}, sb3_npg from {Path(sb3_npg.__file__).parent}"
     )
     header = (
         f"Command: `python benchmarks/learn_speed.py {' '.join(sys.argv[1:])}`, {started} to {finished}, {machine}, "

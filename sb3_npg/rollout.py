@@ -95,8 +95,8 @@ class LeanForward:
     """
     ``policy(obs)`` (sampled actions, values, log-probabilities) without module dispatch or distribution objects.
 
-    Build it with :meth:`for_policy`, which checks that the policy is one it reproduces exactly, once per rollout:
-    it holds the policy's weight tensors themselves, but reads a diagonal Gaussian's standard deviation once.
+    Build it with :meth:`for_policy`, which checks that the policy is one it reproduces exactly. It holds the
+    policy's weight tensors themselves (it follows in-place updates); build a new one if modules are replaced.
 
     :param policy: the policy (already checked by :meth:`for_policy`)
     :param actor_layers: the actor's MLP layers
@@ -113,12 +113,6 @@ class LeanForward:
         self.value_weight, self.value_bias = value_net.weight, value_net.bias
         self.distribution = policy.action_dist
         self.action_shape = policy.action_space.shape
-        if isinstance(self.distribution, DiagGaussianDistribution):
-            # Per action dimension: torch's Normal.log_prob terms, the same values for every row
-            with th.no_grad():
-                self.std = policy.log_std.exp()
-                self.two_variances = 2 * self.std**2
-                self.log_std = self.std.log()
 
     @classmethod
     def for_policy(cls, policy: nn.Module) -> "LeanForward | None":
@@ -167,9 +161,10 @@ class LeanForward:
         if isinstance(distribution, DiagGaussianDistribution):
             # Normal(mean, ones_like(mean) * exp(log_std)).rsample() and log_prob, summed over action dimensions
             # (the standard deviation broadcast over rows: the same elementwise values)
+            std = self.policy.log_std.exp()
             noise = th.empty(mean_actions.shape, dtype=mean_actions.dtype, device=mean_actions.device).normal_()
-            actions = mean_actions + noise * self.std
-            log_prob = -((actions - mean_actions) ** 2) / self.two_variances - self.log_std - LOG_SQRT_2PI
+            actions = mean_actions + noise * std
+            log_prob = -((actions - mean_actions) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI
             return actions, log_prob.sum(dim=1)
         if isinstance(distribution, CategoricalDistribution):
             return _sample_categorical(mean_actions)

@@ -191,6 +191,28 @@ def test_callback_stopping_the_rollout_stops_both_paths_alike() -> None:
     assert_same_training(fast, sb3)
 
 
+class StdAnnealer(BufferRecorder):
+    """Changes the Gaussian's log standard deviation in place at every step, mid-rollout."""
+
+    def _on_step(self) -> bool:
+        with th.no_grad():
+            self.model.policy.log_std.add_(0.05)
+        return super()._on_step()
+
+
+def test_parameters_changed_by_a_callback_mid_rollout_are_used_at_the_next_step() -> None:
+    """A callback moving the policy's parameters between steps acts on both paths at the same step."""
+    results = []
+    for model_class in (NPG, NPGWithSB3Rollout):
+        env = make_vec_env(lambda: ToyEnv(ACTION_SPACES["box6d"], episode_length=7), n_envs=2, seed=3)
+        model = model_class("MlpPolicy", env, n_steps=24, batch_size=24, n_critic_updates=2, seed=0)
+        recorder = StdAnnealer()
+        model.learn(48, callback=recorder)
+        results.append((model, recorder, {"torch": th.get_rng_state(), "numpy": np.random.get_state()}))
+    assert all(results[0][1].fast_path)
+    assert_same_training(results[0], results[1])
+
+
 def test_truncated_episodes_are_bootstrapped() -> None:
     """ToyEnv truncates every 7 steps: there (only) the stored reward adds gamma times a value to the env's reward."""
     _, recorder, _ = train(NPG, ACTION_SPACES["discrete"], 1)
