@@ -11,7 +11,8 @@ with SB3's loop. gSDE keeps SB3's own distribution object (only the MLP is lean)
 
 :func:`LeanForward.for_policy` accepts only what it reproduces exactly: SB3's ``MlpPolicy`` and
 ``MultiInputPolicy`` classes themselves (no subclass), an ``MlpExtractor`` of ``Linear`` layers and elementwise
-activations, linear action and value heads, and SB3's standard distributions. Anything else (CNN policies,
+activations, linear action and value heads, SB3's standard distributions, and no forward hook on any of its
+modules (the lean pass calls no module, so hooks would not fire). Anything else (CNN policies,
 custom policies and extractors, sb3-contrib's maskable or recurrent policies) returns ``None``, and NPG then
 uses SB3's ``collect_rollouts`` unchanged.
 """
@@ -55,6 +56,26 @@ SUPPORTED_DISTRIBUTIONS = (
 LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
 Layer = tuple[th.Tensor, th.Tensor | None, Callable[[th.Tensor], th.Tensor] | None]
+# torch's registries of forward hooks (internal names, read only; if one is missing the fast path is not taken)
+GLOBAL_HOOK_REGISTRIES = ("_global_forward_hooks", "_global_forward_pre_hooks")
+MODULE_HOOK_REGISTRIES = ("_forward_hooks", "_forward_pre_hooks")
+
+
+def forward_hooks_may_fire(policy: nn.Module) -> bool:
+    """
+    :param policy: a policy
+    :return: whether a forward hook is registered on any of the policy's modules (or globally), which the lean
+        forward pass would skip; ``True`` also when torch's hook registries cannot be read
+    """
+    global_registries = [getattr(nn.modules.module, name, None) for name in GLOBAL_HOOK_REGISTRIES]
+    if any(registry is None or len(registry) > 0 for registry in global_registries):
+        return True
+    for module in policy.modules():
+        for name in MODULE_HOOK_REGISTRIES:
+            registry = getattr(module, name, None)
+            if registry is None or len(registry) > 0:
+                return True
+    return False
 
 
 def _activation_function(activation: nn.Module) -> Callable[[th.Tensor], th.Tensor]:
@@ -129,6 +150,8 @@ class LeanForward:
         if type(policy.action_net) is not nn.Linear or type(policy.value_net) is not nn.Linear:
             return None
         if isinstance(policy.action_dist, StateDependentNoiseDistribution) != policy.use_sde:
+            return None
+        if forward_hooks_may_fire(policy):
             return None
         actor_layers = _linear_layers(policy.mlp_extractor.policy_net)
         critic_layers = _linear_layers(policy.mlp_extractor.value_net)

@@ -269,3 +269,35 @@ def test_qualification_is_strict() -> None:
 
     gaussian.policy.action_dist = OtherDistribution(1)
     assert LeanForward.for_policy(gaussian.policy) is None
+
+
+@pytest.mark.parametrize("hooked", ["policy", "action_net", "layer"])
+def test_forward_hooks_keep_sb3_path_and_fire(hooked: str) -> None:
+    """A forward hook on the policy or one of its modules is called at every step: NPG takes SB3's path."""
+    calls = []
+    model = NPG("MlpPolicy", ToyEnv(ACTION_SPACES["discrete"]), n_steps=24, batch_size=24, seed=0)
+    module = {
+        "policy": model.policy,
+        "action_net": model.policy.action_net,
+        "layer": model.policy.mlp_extractor.policy_net[0],
+    }[hooked]
+    handle = module.register_forward_hook(lambda *_: calls.append(1))
+    assert LeanForward.for_policy(model.policy) is None
+    recorder = BufferRecorder()
+    model.learn(24, callback=recorder)
+    assert not any(recorder.fast_path)
+    assert len(calls) >= 24
+    handle.remove()
+    assert isinstance(LeanForward.for_policy(model.policy), LeanForward)
+
+
+def test_unreadable_hook_registries_keep_sb3_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If torch's internal hook registries are not where the check reads them, the fast path is not taken."""
+    model = NPG("MlpPolicy", ToyEnv(ACTION_SPACES["discrete"]), seed=0)
+    assert isinstance(LeanForward.for_policy(model.policy), LeanForward)
+    monkeypatch.delattr(nn.modules.module, "_global_forward_hooks")
+    assert LeanForward.for_policy(model.policy) is None
+    monkeypatch.undo()
+    for module in model.policy.modules():
+        monkeypatch.delattr(module, "_forward_hooks")
+    assert LeanForward.for_policy(model.policy) is None
