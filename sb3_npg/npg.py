@@ -41,6 +41,8 @@ from sb3_npg.fisher import (
     set_parameters_along_,
 )
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_npg.rollout import LeanForward
+from sb3_npg.rollout import collect_rollouts as lean_collect_rollouts
 from sb3_npg.save_load import (
     UntrustedLoadError,
     atomic_save_file,
@@ -286,6 +288,18 @@ class NPG(OnPolicyAlgorithm):
         actor = [p for p, grad in zip(parameters, gradients, strict=True) if grad is not None]
         critic = [p for p, grad in zip(parameters, gradients, strict=True) if grad is None]
         return actor, critic
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """
+        Collect a rollout (see SB3's ``OnPolicyAlgorithm.collect_rollouts``): with the lean forward pass of
+        :mod:`sb3_npg.rollout` for the policies it reproduces exactly (same buffer, same random draws), else SB3's.
+        """
+        forward = LeanForward.for_policy(self.policy)
+        if forward is None:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        return lean_collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps, forward)
 
     def train(self) -> None:
         """

@@ -1,0 +1,303 @@
+"""
+The fast rollout path (``sb3_npg.rollout``) against SB3's ``collect_rollouts``: same buffer, same random state.
+
+Each test trains two NPG models from the same seed: one with NPG's ``collect_rollouts`` (the fast path where the
+policy qualifies), one with SB3's ``OnPolicyAlgorithm.collect_rollouts``. A callback copies the rollout buffer at
+the end of every rollout (after the advantages and returns are computed) and notes which path filled it (the fast
+path's loop has ``forward`` among the locals it hands to callbacks; SB3's has not).
+"""
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
+from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
+
+from sb3_npg import NPG
+from sb3_npg.rollout import LeanForward
+from tests.envs import ACTION_SPACES, ToyEnv, image_space
+
+BUFFER_FIELDS = ("observations", "actions", "rewards", "episode_starts", "values", "log_probs", "advantages", "returns")
+
+
+class NPGWithSB3Rollout(NPG):
+    """NPG with SB3's own ``collect_rollouts`` (the reference)."""
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        return OnPolicyAlgorithm.collect_rollouts(self, *args, **kwargs)
+
+
+class BufferRecorder(BaseCallback):
+    """
+    Copies the rollout buffer at each rollout's end and notes whether the fast path filled it.
+
+    :param stop_after: return ``False`` from ``on_step`` after this many calls (``None``: never)
+    """
+
+    def __init__(self, stop_after: int | None = None):
+        super().__init__()
+        self.buffers: list[dict[str, Any]] = []
+        self.fast_path: list[bool] = []
+        self.step_locals: list[dict[str, Any]] = []
+        self.stop_after = stop_after
+        self.calls = 0
+
+    def _on_step(self) -> bool:
+        self.calls += 1
+        self.fast_path.append("forward" in self.locals)
+        self.step_locals.append(
+            {
+                name: np.array(self.locals[name], copy=True)
+                for name in ("actions", "clipped_actions", "rewards", "dones", "new_obs")
+                if not isinstance(self.locals[name], dict)
+            }
+        )
+        return self.stop_after is None or self.calls < self.stop_after
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.rollout_buffer
+        copy: dict[str, Any] = {}
+        for field in BUFFER_FIELDS:
+            value = getattr(buffer, field)
+            copy[field] = {key: array.copy() for key, array in value.items()} if isinstance(value, dict) else value.copy()
+        self.buffers.append(copy)
+
+
+def train(
+    model_class: type[NPG],
+    action_space: spaces.Space,
+    n_envs: int,
+    observation_space: spaces.Space | None = None,
+    normalize: bool = False,
+    stop_after: int | None = None,
+    **kwargs: Any,
+) -> tuple[NPG, BufferRecorder, dict[str, Any]]:
+    """Two rollouts and one update in between; :return: the model, its recorder, and the random state after"""
+    env = make_vec_env(lambda: ToyEnv(action_space, observation_space, episode_length=7), n_envs=n_envs, seed=3)
+    if normalize:
+        env = VecNormalize(env)
+    policy = kwargs.pop("policy", "MultiInputPolicy" if isinstance(observation_space, spaces.Dict) else "MlpPolicy")
+    model = model_class(policy, env, n_steps=24, batch_size=24, n_critic_updates=2, seed=0, **kwargs)
+    recorder = BufferRecorder(stop_after)
+    model.learn(2 * 24 * n_envs, callback=recorder)
+    random_state = {"torch": th.get_rng_state(), "numpy": np.random.get_state()}
+    return model, recorder, random_state
+
+
+def assert_same_training(fast: tuple[NPG, BufferRecorder, dict[str, Any]], sb3: tuple[NPG, BufferRecorder, dict]) -> None:
+    """Same buffers at every rollout end, same random state, same parameters, timesteps and episode infos."""
+    (fast_model, fast_recorder, fast_random), (sb3_model, sb3_recorder, sb3_random) = fast, sb3
+    assert len(fast_recorder.buffers) == len(sb3_recorder.buffers)
+    for fast_buffer, sb3_buffer in zip(fast_recorder.buffers, sb3_recorder.buffers, strict=True):
+        for field in BUFFER_FIELDS:
+            fast_value, sb3_value = fast_buffer[field], sb3_buffer[field]
+            if isinstance(sb3_value, dict):
+                for key in sb3_value:
+                    np.testing.assert_allclose(fast_value[key], sb3_value[key], rtol=0, atol=0, err_msg=f"{field}[{key}]")
+            else:
+                np.testing.assert_allclose(fast_value, sb3_value, rtol=0, atol=0, err_msg=field)
+    assert len(fast_recorder.step_locals) == len(sb3_recorder.step_locals)
+    for fast_locals, sb3_locals in zip(fast_recorder.step_locals, sb3_recorder.step_locals, strict=True):
+        assert fast_locals.keys() == sb3_locals.keys()
+        for name in sb3_locals:
+            np.testing.assert_allclose(fast_locals[name], sb3_locals[name], rtol=0, atol=0, err_msg=name)
+    assert th.equal(fast_random["torch"], sb3_random["torch"]), "torch's generator state differs"
+    for fast_part, sb3_part in zip(fast_random["numpy"], sb3_random["numpy"], strict=True):
+        np.testing.assert_array_equal(fast_part, sb3_part)
+    assert fast_model.num_timesteps == sb3_model.num_timesteps
+    # Episode returns and lengths (not Monitor's wall-clock times)
+    assert [(info["r"], info["l"]) for info in fast_model.ep_info_buffer] == [
+        (info["r"], info["l"]) for info in sb3_model.ep_info_buffer
+    ]
+    assert len(fast_model.ep_info_buffer) > 0
+    for fast_parameter, sb3_parameter in zip(fast_model.policy.parameters(), sb3_model.policy.parameters(), strict=True):
+        th.testing.assert_close(fast_parameter, sb3_parameter, rtol=0, atol=0)
+
+
+def check_equivalent(*args: Any, **kwargs: Any) -> None:
+    """Train with both paths; the fast one must have been taken, and both must agree."""
+    fast = train(NPG, *args, **kwargs)
+    assert fast[1].fast_path and all(fast[1].fast_path), "NPG did not take the fast rollout path"
+    sb3 = train(NPGWithSB3Rollout, *args, **kwargs)
+    assert not any(sb3[1].fast_path)
+    assert_same_training(fast, sb3)
+
+
+@pytest.mark.parametrize("n_envs", [1, 4])
+@pytest.mark.parametrize("action_space", list(ACTION_SPACES.values()), ids=list(ACTION_SPACES))
+def test_same_rollouts_on_every_action_space(action_space: spaces.Space, n_envs: int) -> None:
+    check_equivalent(action_space, n_envs)
+
+
+@pytest.mark.parametrize("n_envs", [1, 4])
+@pytest.mark.parametrize("sde_sample_freq", [-1, 4])
+def test_same_rollouts_with_gsde(n_envs: int, sde_sample_freq: int) -> None:
+    check_equivalent(ACTION_SPACES["box6d"], n_envs, use_sde=True, sde_sample_freq=sde_sample_freq)
+
+
+def test_same_rollouts_with_gsde_squashed_actions() -> None:
+    """Squashed gSDE actions are unscaled to the bounds of the action space (here not [-1, 1])."""
+    action_space = spaces.Box(np.array([-2, 0], np.float32), np.array([3, 0.5], np.float32))
+    check_equivalent(action_space, 2, use_sde=True, policy_kwargs=dict(squash_output=True))
+
+
+def test_same_rollouts_with_clipped_box_actions_and_vec_normalize() -> None:
+    """Gaussian samples beyond narrow bounds are clipped; VecNormalize's statistics follow the same steps."""
+    action_space = spaces.Box(-0.1, 0.1, (3,), np.float32)
+    check_equivalent(action_space, 4, normalize=True)
+    env = make_vec_env(lambda: ToyEnv(action_space), n_envs=1)
+    clipped = NPG("MlpPolicy", env, n_steps=24, batch_size=24, seed=0)
+    recorder = BufferRecorder()
+    clipped.learn(24, callback=recorder)
+    # The test exercises clipping: some sampled actions were outside the bounds
+    assert any(np.any(step["actions"] != step["clipped_actions"]) for step in recorder.step_locals)
+
+
+@pytest.mark.parametrize("n_envs", [1, 4])
+def test_same_rollouts_with_dict_observations(n_envs: int) -> None:
+    observation_space = spaces.Dict({"vector": spaces.Box(-1, 1, (4,), np.float32), "discrete": spaces.Discrete(5)})
+    check_equivalent(ACTION_SPACES["box6d"], n_envs, observation_space)
+    check_equivalent(ACTION_SPACES["multidiscrete"], n_envs, observation_space)
+
+
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [
+        dict(share_features_extractor=False),
+        dict(activation_fn=nn.ReLU, net_arch=dict(pi=[16], vf=[8, 8])),
+        dict(activation_fn=nn.ELU, net_arch=[]),
+    ],
+    ids=["separate_extractors", "relu_unequal_heads", "elu_no_hidden_layers"],
+)
+def test_same_rollouts_with_other_mlp_shapes(policy_kwargs: dict[str, Any]) -> None:
+    check_equivalent(ACTION_SPACES["discrete"], 2, policy_kwargs=policy_kwargs)
+
+
+def test_callback_stopping_the_rollout_stops_both_paths_alike() -> None:
+    """``on_step`` returning ``False`` ends the rollout and ``learn`` at the same step, with the same state."""
+    fast = train(NPG, ACTION_SPACES["box1d"], 2, stop_after=10)
+    sb3 = train(NPGWithSB3Rollout, ACTION_SPACES["box1d"], 2, stop_after=10)
+    assert fast[1].calls == sb3[1].calls == 10 and all(fast[1].fast_path)
+    assert fast[0].num_timesteps == sb3[0].num_timesteps == 20
+    assert_same_training(fast, sb3)
+
+
+class StdAnnealer(BufferRecorder):
+    """Changes the Gaussian's log standard deviation in place at every step, mid-rollout."""
+
+    def _on_step(self) -> bool:
+        with th.no_grad():
+            self.model.policy.log_std.add_(0.05)
+        return super()._on_step()
+
+
+def test_parameters_changed_by_a_callback_mid_rollout_are_used_at_the_next_step() -> None:
+    """A callback moving the policy's parameters between steps acts on both paths at the same step."""
+    results = []
+    for model_class in (NPG, NPGWithSB3Rollout):
+        env = make_vec_env(lambda: ToyEnv(ACTION_SPACES["box6d"], episode_length=7), n_envs=2, seed=3)
+        model = model_class("MlpPolicy", env, n_steps=24, batch_size=24, n_critic_updates=2, seed=0)
+        recorder = StdAnnealer()
+        model.learn(48, callback=recorder)
+        results.append((model, recorder, {"torch": th.get_rng_state(), "numpy": np.random.get_state()}))
+    assert all(results[0][1].fast_path)
+    assert_same_training(results[0], results[1])
+
+
+def test_truncated_episodes_are_bootstrapped() -> None:
+    """ToyEnv truncates every 7 steps: there (only) the stored reward adds gamma times a value to the env's reward."""
+    _, recorder, _ = train(NPG, ACTION_SPACES["discrete"], 1)
+    steps = recorder.step_locals[:24]  # the first rollout (the callback saw the env's rewards before bootstrapping)
+    truncated = np.array([step["dones"][0] for step in steps])
+    assert np.flatnonzero(truncated).tolist() == [6, 13, 20]
+    env_rewards = np.array([step["rewards"][0] for step in steps])
+    stored_rewards = recorder.buffers[0]["rewards"][:, 0]
+    np.testing.assert_array_equal(stored_rewards[~truncated], env_rewards[~truncated].astype(np.float32))
+    assert np.all(np.abs(stored_rewards[truncated] - env_rewards[truncated]) > 1e-6)
+
+
+class SubclassedPolicy(ActorCriticPolicy):
+    """A user's policy subclass: it may override anything, so the fast path must not assume SB3's forward."""
+
+    def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        actions, values, log_prob = super().forward(obs, deterministic)
+        return actions, values + 1.0, log_prob
+
+
+@pytest.mark.filterwarnings("ignore:NPG's critic does not train a shared features extractor")
+@pytest.mark.parametrize(
+    ("policy", "observation_space"),
+    [(SubclassedPolicy, None), ("CnnPolicy", image_space())],
+    ids=["policy_subclass", "cnn_policy"],
+)
+def test_other_policies_take_sb3_path(policy: Any, observation_space: spaces.Space | None) -> None:
+    fast = train(NPG, ACTION_SPACES["discrete"], 2, observation_space, policy=policy)
+    assert fast[1].fast_path and not any(fast[1].fast_path)
+    sb3 = train(NPGWithSB3Rollout, ACTION_SPACES["discrete"], 2, observation_space, policy=policy)
+    assert_same_training(fast, sb3)
+
+
+@pytest.mark.filterwarnings("ignore:NPG's critic does not train a shared features extractor")
+def test_qualification_is_strict() -> None:
+    """Only SB3's own policy classes, MLP extractors of linear layers and activations, and standard distributions."""
+    env = gym.make("CartPole-v1")
+    model = NPG("MlpPolicy", env, seed=0)
+    assert isinstance(LeanForward.for_policy(model.policy), LeanForward)
+    assert isinstance(model.policy.action_dist, CategoricalDistribution)
+    assert LeanForward.for_policy(NPG(SubclassedPolicy, env).policy) is None
+    assert LeanForward.for_policy(NPG(ActorCriticCnnPolicy, ToyEnv(ACTION_SPACES["discrete"], image_space())).policy) is None
+    dropout = NPG("MlpPolicy", env, seed=0)
+    dropout.policy.mlp_extractor.policy_net.append(nn.Dropout(0.5))
+    assert LeanForward.for_policy(dropout.policy) is None
+    custom_head = NPG("MlpPolicy", env, seed=0)
+    custom_head.policy.value_net = nn.Sequential(nn.Linear(64, 1))
+    assert LeanForward.for_policy(custom_head.policy) is None
+    gaussian = NPG("MlpPolicy", ToyEnv(ACTION_SPACES["box1d"]), seed=0)
+    assert isinstance(gaussian.policy.action_dist, DiagGaussianDistribution)
+
+    class OtherDistribution(DiagGaussianDistribution):
+        pass
+
+    gaussian.policy.action_dist = OtherDistribution(1)
+    assert LeanForward.for_policy(gaussian.policy) is None
+
+
+@pytest.mark.parametrize("hooked", ["policy", "action_net", "layer"])
+def test_forward_hooks_keep_sb3_path_and_fire(hooked: str) -> None:
+    """A forward hook on the policy or one of its modules is called at every step: NPG takes SB3's path."""
+    calls = []
+    model = NPG("MlpPolicy", ToyEnv(ACTION_SPACES["discrete"]), n_steps=24, batch_size=24, seed=0)
+    module = {
+        "policy": model.policy,
+        "action_net": model.policy.action_net,
+        "layer": model.policy.mlp_extractor.policy_net[0],
+    }[hooked]
+    handle = module.register_forward_hook(lambda *_: calls.append(1))
+    assert LeanForward.for_policy(model.policy) is None
+    recorder = BufferRecorder()
+    model.learn(24, callback=recorder)
+    assert not any(recorder.fast_path)
+    assert len(calls) >= 24
+    handle.remove()
+    assert isinstance(LeanForward.for_policy(model.policy), LeanForward)
+
+
+def test_unreadable_hook_registries_keep_sb3_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If torch's internal hook registries are not where the check reads them, the fast path is not taken."""
+    model = NPG("MlpPolicy", ToyEnv(ACTION_SPACES["discrete"]), seed=0)
+    assert isinstance(LeanForward.for_policy(model.policy), LeanForward)
+    monkeypatch.delattr(nn.modules.module, "_global_forward_hooks")
+    assert LeanForward.for_policy(model.policy) is None
+    monkeypatch.undo()
+    for module in model.policy.modules():
+        monkeypatch.delattr(module, "_forward_hooks")
+    assert LeanForward.for_policy(model.policy) is None
