@@ -65,8 +65,8 @@ class MaskedToyEnv(ToyEnv):
     """:class:`~tests.envs.ToyEnv` with random masks (a third of the states with a single valid action per part);
     an invalid action raises."""
 
-    def __init__(self, action_space: spaces.Space, episode_length: int = 16):
-        super().__init__(action_space, episode_length=episode_length)
+    def __init__(self, action_space: spaces.Space, observation_space: spaces.Space | None = None, episode_length: int = 16):
+        super().__init__(action_space, observation_space, episode_length=episode_length)
         self._mask = np.ones(sum(part_sizes(action_space)), dtype=bool)
 
     def _observation(self):
@@ -377,3 +377,20 @@ def test_save_load_round_trip(tmp_path: pathlib.Path, action_space: str, trusted
         actual, _ = loaded.predict(observations[index].numpy(), deterministic=True, action_masks=masks[index].numpy())
         assert np.array_equal(expected, actual)
     loaded.learn(64)  # continues with masks
+
+
+@pytest.mark.parametrize("policy", ["MultiInputPolicy", "CnnPolicy"])
+def test_dict_and_image_observations(policy: str) -> None:
+    """The MultiInputPolicy and CnnPolicy aliases train with masks (autograd Jacobian) and never take an invalid action."""
+    image = spaces.Box(0, 255, (36, 36, 1), np.uint8)
+    observation_space = (
+        spaces.Dict({"image": image, "vector": spaces.Box(-1, 1, (3,), np.float32)}) if policy == "MultiInputPolicy" else image
+    )
+    env = make_vec_env(
+        MaskedToyEnv, n_envs=1, seed=0, env_kwargs={"action_space": spaces.Discrete(4), "observation_space": observation_space}
+    )
+    policy_kwargs = {"features_extractor_kwargs": {"features_dim": 16}} if policy == "CnnPolicy" else {"net_arch": [8]}
+    policy_kwargs["share_features_extractor"] = False
+    model = MaskableNPG(policy, env, n_steps=32, batch_size=32, seed=0, policy_kwargs=policy_kwargs)
+    model.learn(64)
+    assert model.logger.name_to_value["train/kl_divergence"] > 0
