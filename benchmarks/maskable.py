@@ -15,7 +15,8 @@ Tasks:
 
 Algorithms: ``maskable_npg`` (:class:`sb3_npg.MaskableNPG`, default hyperparameters), ``maskable_ppo``
 (sb3-contrib's ``MaskablePPO``, default hyperparameters), ``npg`` (:class:`sb3_npg.NPG` without masks, tictactoe
-only); the InvalidAction tasks use ``gamma=0.4`` for both, as sb3-contrib's test does.
+only) and ``random`` (a uniformly random valid action, tictactoe only, no training); the InvalidAction
+tasks use ``gamma=0.4`` for both, as sb3-contrib's test does.
 
 Each run appends one JSON line to ``--out`` (default ``benchmarks/results/maskable.jsonl``); runs already there are
 skipped. ``--table`` prints the markdown table. Usage::
@@ -110,7 +111,22 @@ def make_env(task: str) -> gym.Env:
     raise ValueError(f"Unknown task {task!r}")
 
 
+class RandomValidPlayer:
+    """The reference player: a uniformly random valid action (``predict`` as a model's, masks required)."""
+
+    def __init__(self, seed: int):
+        self.generator = np.random.default_rng(seed)
+
+    def learn(self, total_timesteps: int) -> None:
+        """Nothing to learn."""
+
+    def predict(self, observation, deterministic: bool = False, action_masks=None):
+        return self.generator.choice(np.flatnonzero(action_masks)), None
+
+
 def make_model(algo: str, task: str, seed: int):
+    if algo == "random":
+        return RandomValidPlayer(seed)
     env = make_env(task)
     kwargs: dict[str, Any] = {"gamma": 0.4} if task != "tictactoe" else {}
     if algo == "maskable_npg":
@@ -173,7 +189,10 @@ def load(path: str) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per (task, algo), the per-seed scores and their mean."""
-    lines = ["| task | algorithm | steps | score per seed | mean | train time (s) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | algorithm | steps | score per seed | mean | games lost by an illegal move | train time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     keys = sorted({(row["task"], row["algo"], row["timesteps"]) for row in rows})
     for task, algo, steps in keys:
         runs = sorted(
@@ -182,12 +201,14 @@ def table(rows: list[dict[str, Any]]) -> str:
         )
         if task == "tictactoe":
             scores = [row["win_rate"] for row in runs]
-            per_seed = " / ".join(f"{row['win_rate']:.2f} ({row['illegal_rate']:.2f} illegal)" for row in runs)
+            per_seed = " / ".join(f"{score:.3f}" for score in scores)
+            illegal = f"{statistics.mean(row['illegal_rate'] for row in runs):.3f}"
         else:
             scores = [row["mean_return"] for row in runs]
             per_seed = " / ".join(f"{score:.1f}" for score in scores)
+            illegal = "-"
         times = statistics.mean(row["train_time_s"] for row in runs)
-        lines.append(f"| {task} | {algo} | {steps} | {per_seed} | {statistics.mean(scores):.2f} | {times:.0f} |")
+        lines.append(f"| {task} | {algo} | {steps} | {per_seed} | {statistics.mean(scores):.3g} | {illegal} | {times:.0f} |")
     return "\n".join(lines)
 
 
