@@ -315,16 +315,21 @@ def test_predict_follows_the_mask() -> None:
 
 
 def test_masks_reach_the_env_through_the_finite_check() -> None:
-    """NPG wraps the env in its NaN/inf check; the masks must still come from the env inside, also after set_env."""
-    model = tiny_model("discrete")
-    assert type(model.env).__name__ != "DummyVecEnv"  # the check wraps it
-    assert is_masking_supported(model.env)
-    inner = model.env.unwrapped if hasattr(model.env, "unwrapped") else model.env
-    expected = np.stack(inner.env_method("action_masks"))
-    assert np.array_equal(get_action_masks(model.env), expected)
-    model.set_env(make_vec_env(MaskedToyEnv, n_envs=1, seed=3, env_kwargs={"action_space": ACTION_SPACES["discrete"]}))
-    assert is_masking_supported(model.env)
-    assert get_action_masks(model.env).shape == (1, 4)
+    """NPG wraps the env in its NaN/inf check; the masks must still come from the envs inside, also after set_env."""
+    space = ACTION_SPACES["discrete"]
+    for step, seed in enumerate((0, 3)):
+        venv = make_vec_env(MaskedToyEnv, n_envs=2, seed=seed, env_kwargs={"action_space": space})
+        if step == 0:
+            model = MaskableNPG("MlpPolicy", venv, n_steps=32, batch_size=32, seed=0)
+        else:
+            model.set_env(venv)
+        assert model.env is not venv  # the check wraps it
+        assert is_masking_supported(model.env)
+        venv.reset()
+        for _ in range(5):  # masks change at every step: they must be the current ones of each env inside
+            expected = np.stack([env.unwrapped.action_masks() for env in venv.envs])
+            assert np.array_equal(get_action_masks(model.env), expected)
+            venv.step(np.array([np.flatnonzero(mask)[0] for mask in expected]))
 
 
 def test_masking_errors_as_maskable_ppo() -> None:
