@@ -17,6 +17,12 @@ offers ``matvec(v) = F v`` and ``solve(g) ~ (F + damping * I)^-1 g``:
   score vectors of the sampled actions. When the batch is smaller than the number of actor
   parameters it is solved exactly with the Woodbury identity, otherwise by conjugate gradient.
 
+Masked actions (sb3-contrib's maskable policies): every function that takes ``action_masks`` gives them to
+each ``get_distribution`` call, so the gradient, every Fisher product and the KL use the masked distribution, the
+same masks for the old and the new policy. A masked action's logit is sb3-contrib's large negative constant, so its
+probability is exactly 0: the categorical Fisher ``diag(p) - p p^T`` has zero rows and columns there, its score is 0,
+and a state with one valid action (a point mass) has KL 0 and adds nothing to F.
+
 Along the solved direction, :func:`search_step_scale` finds the step scale at which the measured KL equals
 ``target_kl`` (``step_length="exact"``), one forward pass per KL evaluation.
 """
@@ -28,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch as th
+from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution, MaskableMultiCategoricalDistribution
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
@@ -65,13 +72,50 @@ def add_to_parameters_(parameters: Sequence[nn.Parameter], vector: th.Tensor, al
             parameter.add_(chunk, alpha=alpha)
 
 
+def categorical_parts(distribution: Distribution) -> list[th.distributions.Categorical] | None:
+    """
+    The torch categoricals behind an SB3 or sb3-contrib (maskable) categorical distribution: one for ``Discrete``,
+    one per dimension for ``MultiDiscrete`` and for the maskable ``MultiBinary`` (two outcomes each);
+    ``None`` for other distributions.
+    """
+    if isinstance(distribution, CategoricalDistribution | MaskableCategoricalDistribution):
+        return [distribution.distribution]
+    if isinstance(distribution, MultiCategoricalDistribution):
+        return list(distribution.distribution)
+    if isinstance(distribution, MaskableMultiCategoricalDistribution):
+        return list(distribution.distributions)
+    return None
+
+
+def action_distribution(policy: BasePolicy, observations: PyTorchObs, action_masks: th.Tensor | None = None) -> Distribution:
+    """
+    ``policy.get_distribution(observations)``, with ``action_masks`` applied when given (sb3-contrib's maskable
+    policies take them as ``get_distribution(obs, action_masks)``).
+
+    :param policy: the actor-critic policy
+    :param observations: a batch of observations
+    :param action_masks: ``(batch, mask_dims)``, true or 1 for the valid actions, or ``None`` for no masking
+    :return: the action distribution
+    """
+    if action_masks is None:
+        return policy.get_distribution(observations)  # type: ignore[operator]
+    return policy.get_distribution(observations, action_masks=action_masks)  # type: ignore[operator]
+
+
 def mean_summed_kl(old_distribution: Distribution, new_distribution: Distribution) -> th.Tensor:
     """
     ``E_s[KL(pi_old(.|s) || pi_new(.|s))]`` with the KL summed over independent action dimensions.
 
     SB3's ``kl_divergence`` returns one value per action dimension for Gaussian and Bernoulli
-    distributions; summing them gives the KL of the joint action distribution.
+    distributions; summing them gives the KL of the joint action distribution. Categorical distributions
+    (maskable ones included, which SB3's ``kl_divergence`` does not take for several dimensions) sum the KL of
+    their parts; a masked action has probability 0 in the old distribution and adds exactly 0.
     """
+    old_parts, new_parts = categorical_parts(old_distribution), categorical_parts(new_distribution)
+    if old_parts is not None and new_parts is not None:
+        assert type(old_distribution) is type(new_distribution), "the old and new distributions must be of one kind"
+        kls = [th.distributions.kl_divergence(p, q) for p, q in zip(old_parts, new_parts, strict=True)]
+        return th.stack(kls, dim=1).sum(dim=1).mean()
     kl = kl_divergence(old_distribution, new_distribution)
     if kl.dim() > 1:
         kl = sum_independent_dims(kl)
@@ -183,15 +227,18 @@ def search_step_scale(
     return StepSearch(below[0], below[1], max_evaluations, initial_kl, False)
 
 
-def old_distribution(policy: ActorCriticPolicy, observations: PyTorchObs) -> Distribution:
+def old_distribution(
+    policy: ActorCriticPolicy, observations: PyTorchObs, action_masks: th.Tensor | None = None
+) -> Distribution:
     """
-    The policy's action distribution on ``observations``, detached and safe to keep across an update.
+    The policy's action distribution on ``observations`` (masked by ``action_masks`` if given), detached and safe
+    to keep across an update.
 
     SB3 policies return the same ``Distribution`` object on every call and only swap its underlying
     torch distribution, so the object is copied before the weights change.
     """
     with th.no_grad():
-        return copy.copy(policy.get_distribution(observations))
+        return copy.copy(action_distribution(policy, observations, action_masks))
 
 
 class CGSolution(NamedTuple):
@@ -241,13 +288,14 @@ def distribution_outputs(distribution: Distribution) -> list[th.Tensor]:
     """
     The parameters of an SB3 action distribution, differentiable with respect to the actor, each ``(batch, k)``.
 
-    * categorical, multi-categorical (one tensor per part) and Bernoulli: logits;
+    * categorical, multi-categorical (one tensor per part; masked ones included) and Bernoulli: logits;
     * diagonal Gaussian, squashed Gaussian and gSDE: mean and log standard deviation.
     """
-    if isinstance(distribution, CategoricalDistribution | BernoulliDistribution):
+    parts = categorical_parts(distribution)
+    if parts is not None:
+        return [part.logits for part in parts]
+    if isinstance(distribution, BernoulliDistribution):
         return [distribution.distribution.logits]
-    if isinstance(distribution, MultiCategoricalDistribution):
-        return [part.logits for part in distribution.distribution]
     if isinstance(distribution, DiagGaussianDistribution | StateDependentNoiseDistribution):
         return [distribution.distribution.loc, distribution.distribution.scale.log()]
     raise NotImplementedError(f"No analytic Fisher for {type(distribution).__name__}")
@@ -280,7 +328,8 @@ def output_fisher(distribution: Distribution, actions: th.Tensor | None = None) 
     """
     The analytic Fisher of an SB3 action distribution at its current parameters, and the scores of ``actions``.
 
-    * categorical (and each part of a multi-categorical): ``M = diag(p) - p p^T``, score ``onehot(a) - p``;
+    * categorical (and each part of a multi-categorical, masked ones included): ``M = diag(p) - p p^T``, score
+      ``onehot(a) - p`` (both 0 at a masked action, whose probability is 0);
     * Bernoulli: ``M = diag(p (1 - p))``, score ``a - p``;
     * diagonal Gaussian, squashed Gaussian and gSDE, in mean and log standard deviation:
       ``M = diag(1 / sigma^2)`` and ``2``, scores ``(y - mu) / sigma^2`` and ``(y - mu)^2 / sigma^2 - 1``
@@ -292,21 +341,18 @@ def output_fisher(distribution: Distribution, actions: th.Tensor | None = None) 
     """
     metric: Callable[[Sequence[th.Tensor]], list[th.Tensor]]
     scores = None
-    if isinstance(distribution, CategoricalDistribution):
-        probabilities = distribution.distribution.probs.detach()
-        metric = lambda tangent: [_categorical_metric(probabilities, tangent[0])]  # noqa: E731
+    categoricals = categorical_parts(distribution)
+    if categoricals is not None:
+        parts = [part.probs.detach() for part in categoricals]
+        metric = lambda tangent: [_categorical_metric(p, u) for p, u in zip(parts, tangent, strict=True)]  # noqa: E731
         if actions is not None:
-            scores = [_categorical_score(probabilities, actions)]
+            part_actions = [actions.reshape(-1)] if len(parts) == 1 else actions.reshape(-1, len(parts)).unbind(dim=1)
+            scores = [_categorical_score(p, a) for p, a in zip(parts, part_actions, strict=True)]
     elif isinstance(distribution, BernoulliDistribution):
         probabilities = distribution.distribution.probs.detach()
         metric = lambda tangent: [probabilities * (1 - probabilities) * tangent[0]]  # noqa: E731
         if actions is not None:
             scores = [actions - probabilities]
-    elif isinstance(distribution, MultiCategoricalDistribution):
-        parts = [part.probs.detach() for part in distribution.distribution]
-        metric = lambda tangent: [_categorical_metric(p, u) for p, u in zip(parts, tangent, strict=True)]  # noqa: E731
-        if actions is not None:
-            scores = [_categorical_score(p, a) for p, a in zip(parts, actions.unbind(dim=1), strict=True)]
     elif isinstance(distribution, DiagGaussianDistribution | StateDependentNoiseDistribution):
         mean = distribution.distribution.loc.detach()
         std = distribution.distribution.scale.detach()
@@ -323,6 +369,11 @@ def output_fisher(distribution: Distribution, actions: th.Tensor | None = None) 
 
 def _detached(distribution: Distribution) -> Distribution:
     """A copy of an SB3 distribution (see :func:`distribution_outputs` for the kinds) with no autograd graph."""
+    if isinstance(distribution, MaskableMultiCategoricalDistribution):
+        # The masked logits are kept as they are (masked entries at the large negative constant)
+        detached_parts = copy.copy(distribution)
+        detached_parts.distributions = [type(part)(logits=part.logits.detach()) for part in distribution.distributions]
+        return detached_parts
     detached = copy.copy(distribution)
     inner = distribution.distribution
     if isinstance(distribution, MultiCategoricalDistribution):
@@ -373,8 +424,14 @@ class AutogradJacobian(PolicyJacobian):
     trick); ``J^T u`` is an ordinary backward pass. No second-order graph of the KL is built.
     """
 
-    def __init__(self, policy: ActorCriticPolicy, parameters: Sequence[nn.Parameter], observations: PyTorchObs):
-        distribution = policy.get_distribution(observations)
+    def __init__(
+        self,
+        policy: ActorCriticPolicy,
+        parameters: Sequence[nn.Parameter],
+        observations: PyTorchObs,
+        action_masks: th.Tensor | None = None,
+    ):
+        distribution = action_distribution(policy, observations, action_masks)
         self._outputs = distribution_outputs(distribution)
         # The graph stays with the outputs; the distribution kept (e.g. as the old policy for the KL after the
         # step) must not hold it alive once this Jacobian is dropped
@@ -423,8 +480,11 @@ class AutogradJacobian(PolicyJacobian):
 class MLPJacobian(PolicyJacobian):
     """
     SB3's ``MlpPolicy`` actor (parameter-free features, ``policy_net`` then ``action_net``, and a
-    state-independent ``log_std`` for Gaussians): hand-derived products on the cached activations.
-    Build it with :meth:`for_policy`, which says ``None`` when the policy is not of that form.
+    state-independent ``log_std`` for Gaussians), or sb3-contrib's maskable one: hand-derived products on the
+    cached activations. Build it with :meth:`for_policy`, which says ``None`` when the policy is not of that form.
+
+    With ``action_masks`` the distribution is the masked one: a masked action has probability exactly 0, so the
+    metric ``diag(p) - p p^T`` and the scores are 0 there and the products need not mask ``J`` itself.
     """
 
     def __init__(
@@ -435,6 +495,7 @@ class MLPJacobian(PolicyJacobian):
         action_distribution: Distribution,
         log_std: nn.Parameter | None,
         split_sizes: list[int] | None,
+        action_masks: th.Tensor | None = None,
     ):
         cache = chain.forward(features)
         # The policy's distribution object is shared by all its calls: fill a copy from the cached output
@@ -443,6 +504,8 @@ class MLPJacobian(PolicyJacobian):
             distribution.proba_distribution(cache.output, log_std.detach())  # type: ignore[call-arg]
         else:
             distribution.proba_distribution(cache.output)  # type: ignore[call-arg]
+        if action_masks is not None:
+            distribution.apply_masking(action_masks)  # type: ignore[attr-defined]
         super().__init__(parameters, distribution)
         self._chain = chain
         self._cache = cache
@@ -454,16 +517,19 @@ class MLPJacobian(PolicyJacobian):
 
     @classmethod
     def for_policy(
-        cls, policy: ActorCriticPolicy, parameters: Sequence[nn.Parameter], observations: PyTorchObs
+        cls,
+        policy: ActorCriticPolicy,
+        parameters: Sequence[nn.Parameter],
+        observations: PyTorchObs,
+        action_masks: th.Tensor | None = None,
     ) -> "MLPJacobian | None":
         """:return: the MLP Jacobian of the policy's actor, or ``None`` if the policy is not an SB3 MLP actor"""
         distribution = policy.action_dist
-        if type(distribution) not in (
-            CategoricalDistribution,
-            MultiCategoricalDistribution,
-            BernoulliDistribution,
-            DiagGaussianDistribution,
-        ):
+        unmasked = (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution, DiagGaussianDistribution)
+        maskable = (MaskableCategoricalDistribution, MaskableMultiCategoricalDistribution)
+        if not (type(distribution) in unmasked or isinstance(distribution, maskable)):
+            return None
+        if action_masks is not None and not isinstance(distribution, maskable):
             return None
         if type(policy.mlp_extractor) is not MlpExtractor:
             return None
@@ -477,8 +543,9 @@ class MLPJacobian(PolicyJacobian):
             return None  # e.g. a features extractor with parameters: not covered by the chain
         with th.no_grad():
             features = BasePolicy.extract_features(policy, observations, policy.pi_features_extractor)
-        split_sizes = list(distribution.action_dims) if isinstance(distribution, MultiCategoricalDistribution) else None
-        return cls(parameters, chain, features, distribution, log_std, split_sizes)
+        multi = (MultiCategoricalDistribution, MaskableMultiCategoricalDistribution)
+        split_sizes = [int(size) for size in distribution.action_dims] if isinstance(distribution, multi) else None
+        return cls(parameters, chain, features, distribution, log_std, split_sizes, action_masks)
 
     def _chain_output(self, outputs: Sequence[th.Tensor]) -> th.Tensor:
         return th.cat(list(outputs), dim=1) if self._split_sizes is not None else outputs[0]
@@ -508,9 +575,19 @@ class MLPJacobian(PolicyJacobian):
         return gram
 
 
-def policy_jacobian(policy: ActorCriticPolicy, parameters: Sequence[nn.Parameter], observations: PyTorchObs) -> PolicyJacobian:
-    """The fastest exact Jacobian for the policy: hand-derived for SB3's MLP actors, autograd otherwise."""
-    return MLPJacobian.for_policy(policy, parameters, observations) or AutogradJacobian(policy, parameters, observations)
+def policy_jacobian(
+    policy: ActorCriticPolicy,
+    parameters: Sequence[nn.Parameter],
+    observations: PyTorchObs,
+    action_masks: th.Tensor | None = None,
+) -> PolicyJacobian:
+    """
+    The fastest exact Jacobian for the policy: hand-derived for SB3's (and sb3-contrib's maskable) MLP actors,
+    autograd otherwise; of the masked distribution when ``action_masks`` are given.
+    """
+    return MLPJacobian.for_policy(policy, parameters, observations, action_masks) or AutogradJacobian(
+        policy, parameters, observations, action_masks
+    )
 
 
 def policy_gradient(jacobian: PolicyJacobian, actions: th.Tensor, advantages: th.Tensor) -> th.Tensor:
@@ -544,6 +621,7 @@ class FisherOperator(ABC):
     :param damping: ``damping * I`` is added to ``F`` in ``solve``
     :param jacobian: a :class:`PolicyJacobian` already built on the same batch, reused by the Jacobian
         backends instead of a new forward pass
+    :param action_masks: the action masks of the batch (maskable policies), applied to every distribution
     """
 
     def __init__(
@@ -554,6 +632,7 @@ class FisherOperator(ABC):
         actions: th.Tensor,
         damping: float,
         jacobian: PolicyJacobian | None = None,
+        action_masks: th.Tensor | None = None,
     ):
         self.parameters = list(parameters)
         self.damping = damping
@@ -586,10 +665,11 @@ class HessianFisher(FisherOperator):
         actions: th.Tensor,
         damping: float,
         jacobian: PolicyJacobian | None = None,
+        action_masks: th.Tensor | None = None,
     ):
         super().__init__(policy, parameters, observations, actions, damping)
-        old = old_distribution(policy, observations)
-        kl = mean_summed_kl(old, policy.get_distribution(observations))
+        old = old_distribution(policy, observations, action_masks)
+        kl = mean_summed_kl(old, action_distribution(policy, observations, action_masks))
         self._kl_gradient = flatten(th.autograd.grad(kl, self.parameters, create_graph=True, materialize_grads=True))
 
     def matvec(self, vector: th.Tensor) -> th.Tensor:
@@ -612,9 +692,10 @@ class JacobianFisher(FisherOperator):
         actions: th.Tensor,
         damping: float,
         jacobian: PolicyJacobian | None = None,
+        action_masks: th.Tensor | None = None,
     ):
         super().__init__(policy, parameters, observations, actions, damping)
-        self.jacobian = jacobian or policy_jacobian(policy, self.parameters, observations)
+        self.jacobian = jacobian or policy_jacobian(policy, self.parameters, observations, action_masks)
         with th.no_grad():
             self._output_fisher = output_fisher(self.jacobian.distribution, actions)
 
@@ -684,6 +765,7 @@ def make_fisher(
     actions: th.Tensor,
     damping: float,
     jacobian: PolicyJacobian | None = None,
+    action_masks: th.Tensor | None = None,
 ) -> FisherOperator:
     """
     Build the Fisher operator of ``backend`` (one of :data:`FISHER_BACKENDS`) on a batch.
@@ -694,7 +776,9 @@ def make_fisher(
     :param observations: the batch of observations
     :param actions: the actions taken (for the empirical Fisher)
     :param damping: the damping added in ``solve``
-    :param jacobian: a :class:`PolicyJacobian` of the same batch to reuse (Jacobian backends)
+    :param jacobian: a :class:`PolicyJacobian` of the same batch to reuse (Jacobian backends; built with the same
+        ``action_masks``)
+    :param action_masks: the action masks of the batch (maskable policies), or ``None``
     :return: the operator
     """
-    return FISHER_CLASSES[backend](policy, parameters, observations, actions, damping, jacobian)
+    return FISHER_CLASSES[backend](policy, parameters, observations, actions, damping, jacobian, action_masks)

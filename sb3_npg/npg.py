@@ -31,6 +31,7 @@ from sb3_npg.critic import index_observations as _index_observations
 from sb3_npg.env_checks import FiniteCheck, NonFiniteError, with_finite_check
 from sb3_npg.fisher import (
     FISHER_BACKENDS,
+    action_distribution,
     add_to_parameters_,
     distribution_outputs,
     make_fisher,
@@ -143,6 +144,13 @@ class NPG(OnPolicyAlgorithm):
         "MultiInputPolicy": MultiInputPolicy,
     }
     policy: ActorCriticPolicy
+    #: The action spaces the algorithm takes (checked on the environment)
+    supported_action_spaces: ClassVar[tuple[type[spaces.Space], ...]] = (
+        spaces.Box,
+        spaces.Discrete,
+        spaces.MultiDiscrete,
+        spaces.MultiBinary,
+    )
 
     def __init__(
         self,
@@ -195,12 +203,7 @@ class NPG(OnPolicyAlgorithm):
             device=device,
             seed=seed,
             _init_setup_model=False,
-            supported_action_spaces=(
-                spaces.Box,
-                spaces.Discrete,
-                spaces.MultiDiscrete,
-                spaces.MultiBinary,
-            ),
+            supported_action_spaces=self.supported_action_spaces,
         )
         self.batch_size = batch_size
         self.cg_max_steps = cg_max_steps
@@ -253,6 +256,10 @@ class NPG(OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        self._setup_actor_critic()
+
+    def _setup_actor_critic(self) -> None:
+        """Split the policy into actor and critic parameters and give the critic its own optimiser."""
         self.actor_parameters, critic_parameters = self._split_parameters()
         # The critic optimiser holds the value parameters only: the actor (log_std and a shared features
         # extractor included) is moved by the natural-gradient step alone.
@@ -271,7 +278,7 @@ class NPG(OnPolicyAlgorithm):
                 "natural-gradient step only), so the value function can only fit its head on the actor's features. "
                 "Pass policy_kwargs=dict(share_features_extractor=False) to give the critic its own.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def _split_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -314,7 +321,7 @@ class NPG(OnPolicyAlgorithm):
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
 
-        self._policy_step(observations, actions, rollout_data.advantages)
+        self._policy_step(observations, actions, rollout_data.advantages, self._action_masks(rollout_data))
         value_loss = self._fit_critic(observations, rollout_data.returns)
 
         self._n_updates += 1
@@ -326,14 +333,25 @@ class NPG(OnPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/skipped_updates", self.skipped_updates)
 
-    def _policy_step(self, observations: PyTorchObs, actions: th.Tensor, advantages: th.Tensor) -> None:
-        """The natural-gradient step on the actor parameters, with its logs."""
+    def _action_masks(self, rollout_data: Any) -> th.Tensor | None:
+        """The action masks stored with the samples of ``rollout_data`` (``None``: no masking; see MaskableNPG)."""
+        return None
+
+    def _policy_step(
+        self, observations: PyTorchObs, actions: th.Tensor, advantages: th.Tensor, action_masks: th.Tensor | None = None
+    ) -> None:
+        """
+        The natural-gradient step on the actor parameters, with its logs.
+
+        :param action_masks: the masks of the samples (maskable policies): the gradient, every Fisher product and
+            the KL after the step use the distribution they mask, the same for the old and the new policy
+        """
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
         # One forward pass at theta_old gives the old distribution, the policy gradient and (without
         # sub-sampling) the Jacobian the Fisher products use
-        jacobian = policy_jacobian(self.policy, self.actor_parameters, observations)
+        jacobian = policy_jacobian(self.policy, self.actor_parameters, observations, action_masks)
         old = jacobian.distribution
         gradient = policy_gradient(jacobian, actions, advantages)
 
@@ -346,6 +364,7 @@ class NPG(OnPolicyAlgorithm):
             actions[fisher_index],
             self.cg_damping,
             jacobian=jacobian if self.sub_sampling_factor == 1 else None,
+            action_masks=None if action_masks is None else action_masks[fisher_index],
         )
         del jacobian  # kept by the Fisher if it uses it, freed otherwise
         direction, residual = fisher.solve(gradient, self.cg_max_steps)
@@ -363,11 +382,11 @@ class NPG(OnPolicyAlgorithm):
 
         previous = [parameter.detach().clone() for parameter in self.actor_parameters]
         if self.step_length == "exact":
-            self._exact_step(observations, old, direction, previous, step_size.item())
+            self._exact_step(observations, old, direction, previous, step_size.item(), action_masks)
             return
         add_to_parameters_(self.actor_parameters, direction, alpha=step_size.item())
         with th.no_grad():
-            kl = mean_summed_kl(old, self.policy.get_distribution(observations))
+            kl = mean_summed_kl(old, action_distribution(self.policy, observations, action_masks))
         if not th.isfinite(kl):
             self._restore_actor(previous)
             self._skip_update(f"the KL after the step is {kl.item()}")
@@ -382,18 +401,20 @@ class NPG(OnPolicyAlgorithm):
         direction: th.Tensor,
         previous: list[th.Tensor],
         initial_scale: float,
+        action_masks: th.Tensor | None = None,
     ) -> None:
         """
         ``step_length="exact"``: along ``direction``, the scale whose measured KL is ``target_kl`` within
         ``EXACT_KL_TOLERANCE``, searched from the quadratic estimate ``initial_scale`` (see
         :func:`~sb3_npg.fisher.search_step_scale`); every trial sets ``theta_old + scale * direction`` and
-        measures the KL with one forward pass. The actor ends at the chosen scale (``theta_old`` if none is safe).
+        measures the KL with one forward pass (of the distribution masked by ``action_masks``, if given). The actor
+        ends at the chosen scale (``theta_old`` if none is safe).
         """
 
         def kl_at(scale: float) -> float:
             set_parameters_along_(self.actor_parameters, previous, direction, scale)
             with th.no_grad():
-                return mean_summed_kl(old, self.policy.get_distribution(observations)).item()
+                return mean_summed_kl(old, action_distribution(self.policy, observations, action_masks)).item()
 
         search = search_step_scale(kl_at, initial_scale, self.target_kl, EXACT_KL_TOLERANCE, EXACT_MAX_KL_EVALUATIONS)
         self.kl_search_failures += not search.converged

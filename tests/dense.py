@@ -3,7 +3,8 @@ Dense references for the tests, built with plain autograd and ``torch.distributi
 
 ``dense_kl_hessian`` is the Hessian at ``theta_old`` of ``E_s[KL(pi_old || pi_theta)]`` summed over action
 dimensions, over a flat vector of the actor parameters; ``dense_scores`` are the per-sample scores
-``grad_theta log pi(a_i|s_i)``, one backward per sample.
+``grad_theta log pi(a_i|s_i)``, one backward per sample. With ``action_masks`` (maskable policies) both are of the
+distribution sb3-contrib's ``get_distribution(obs, action_masks)`` masks, the same masks for old and new.
 """
 
 import torch as th
@@ -16,6 +17,8 @@ from sb3_npg import NPG
 
 def _torch_distributions(distribution) -> list[th.distributions.Distribution]:
     """The torch distributions behind an SB3 distribution (a list of categoricals for MultiDiscrete)."""
+    if hasattr(distribution, "distributions"):  # sb3-contrib's maskable multi-categorical and Bernoulli
+        return list(distribution.distributions)
     inner = distribution.distribution
     return list(inner) if isinstance(inner, list) else [inner]
 
@@ -29,15 +32,23 @@ def summed_kl(old: list[th.distributions.Distribution], new: list[th.distributio
 class _KLOfParameters(nn.Module):
     """``theta -> mean summed KL(old || pi_theta)`` on fixed observations, for ``functional_call``."""
 
-    def __init__(self, policy: nn.Module, observations):
+    def __init__(self, policy: nn.Module, observations, action_masks=None):
         super().__init__()
         self.policy = policy
         self.observations = observations
+        self.action_masks = action_masks
         with th.no_grad():
-            self.old = _torch_distributions(policy.get_distribution(observations))
+            self.old = _torch_distributions(distribution_of(policy, observations, action_masks))
 
     def forward(self) -> th.Tensor:
-        return summed_kl(self.old, _torch_distributions(self.policy.get_distribution(self.observations)))
+        return summed_kl(self.old, _torch_distributions(distribution_of(self.policy, self.observations, self.action_masks)))
+
+
+def distribution_of(policy: nn.Module, observations, action_masks=None):
+    """``policy.get_distribution``, masked by ``action_masks`` when given."""
+    if action_masks is None:
+        return policy.get_distribution(observations)
+    return policy.get_distribution(observations, action_masks=action_masks)
 
 
 def actor_names(model: NPG) -> list[str]:
@@ -51,9 +62,9 @@ def flat_actor(model: NPG) -> th.Tensor:
     return th.cat([p.detach().reshape(-1) for p in model.actor_parameters]).clone()
 
 
-def dense_kl_hessian(model: NPG, observations) -> th.Tensor:
-    """The Hessian at the current parameters of the mean summed KL on ``observations``, P x P."""
-    kl_module = _KLOfParameters(model.policy, observations)
+def dense_kl_hessian(model: NPG, observations, action_masks=None) -> th.Tensor:
+    """The Hessian at the current parameters of the mean summed KL on ``observations`` (masked if given), P x P."""
+    kl_module = _KLOfParameters(model.policy, observations, action_masks)
     names = [f"policy.{name}" for name in actor_names(model)]
     shapes = [p.shape for p in model.actor_parameters]
 
@@ -72,12 +83,14 @@ def select(observations, index):
     return observations[index]
 
 
-def dense_scores(model: NPG, observations, actions: th.Tensor) -> th.Tensor:
-    """Per-sample scores ``grad_theta log pi(a_i|s_i)``, one backward per sample, N x P."""
+def dense_scores(model: NPG, observations, actions: th.Tensor, action_masks=None) -> th.Tensor:
+    """Per-sample scores ``grad_theta log pi(a_i|s_i)`` (masked if given), one backward per sample, N x P."""
     rows = []
     for index in range(len(actions)):
         sample = slice(index, index + 1)
-        log_prob = model.policy.get_distribution(select(observations, sample)).log_prob(actions[sample]).sum()
+        masks = None if action_masks is None else action_masks[sample]
+        distribution = distribution_of(model.policy, select(observations, sample), masks)
+        log_prob = distribution.log_prob(actions[sample]).sum()
         gradients = th.autograd.grad(log_prob, model.actor_parameters, allow_unused=True, materialize_grads=True)
         rows.append(th.cat([gradient.reshape(-1) for gradient in gradients]))
     return th.stack(rows)

@@ -19,6 +19,7 @@ def test_examples_found() -> None:
         "step_size_callback",
         "rl_zoo",
         "fisher_backends",
+        "maskable",
     }
     assert expected <= names
 

@@ -143,10 +143,10 @@ def test_sub_sampling_uses_every_kth_sample_for_the_fisher(monkeypatch: pytest.M
     fisher_batches = []
     make_fisher = sb3_npg.npg.make_fisher
 
-    def spy(backend, policy, parameters, observations, actions, damping, jacobian=None):
+    def spy(backend, policy, parameters, observations, actions, damping, jacobian=None, action_masks=None):
         fisher_batches.append(observations)
         assert jacobian is None  # the full batch's Jacobian is not reused for a sub-sampled Fisher
-        return make_fisher(backend, policy, parameters, observations, actions, damping, jacobian)
+        return make_fisher(backend, policy, parameters, observations, actions, damping, jacobian, action_masks)
 
     monkeypatch.setattr(sb3_npg.npg, "make_fisher", spy)
     # The rollout buffer shuffles the batch with numpy's global generator: the same seed gives the same order.
