@@ -218,3 +218,16 @@ def test_save_load_keeps_predictions_and_states(tmp_path, trusted: bool) -> None
             np.testing.assert_array_equal(first, second)
         assert np.abs(states[0][0]).sum() > 0
         episode_start = np.zeros(2, dtype=bool)
+
+
+def test_critic_loss_is_over_real_steps() -> None:
+    model = trained_model("CartPole-v1", n_critic_updates=1)
+    model.batch_size = model.n_steps * model.n_envs  # one minibatch: the loss reported is the loss before its step
+    data, real, _ = rollout(model)
+    with th.no_grad():
+        values = model.policy.predict_values(data.observations, data.lstm_states.vf, data.episode_starts).flatten()
+    expected = (values[real] - data.returns[real]).square().mean().item()
+    with_padding = (values - data.returns).square().mean().item()
+    assert abs(expected - with_padding) > 1e-3 * expected
+    np.random.seed(0)  # the batch of rollout()
+    assert model._fit_sequence_critic() == pytest.approx(expected, rel=1e-5)
