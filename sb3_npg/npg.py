@@ -426,6 +426,8 @@ class NPG(OnPolicyAlgorithm):
         :func:`~sb3_npg.fisher.search_step_scale`); every trial sets ``theta_old + scale * direction`` and
         measures the KL with one forward pass (of the distribution masked by ``action_masks``, if given). The actor
         ends at the chosen scale (``theta_old`` if none is safe).
+
+        :param batch_policy: what gives the batch's distribution (see :meth:`_policy_step`; default: the policy)
         """
 
         policy = self.policy if batch_policy is None else batch_policy

@@ -10,6 +10,7 @@ of one update is near ``target_kl``; gSDE with an LSTM runs; save/load keeps pre
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 from torch.distributions import Categorical, Normal, kl_divergence
@@ -44,7 +45,7 @@ def rollout(model: RecurrentNPG):
     real = data.mask > 1e-8
     assert not real.all(), "the rollout must have padded sequences"
     actions = data.actions[real]
-    if model.action_space.__class__.__name__ == "Discrete":
+    if isinstance(model.action_space, spaces.Discrete):
         actions = actions.long().flatten()
     return data, real, actions
 
@@ -160,13 +161,13 @@ def test_padding_changes_nothing(env_id: str) -> None:
         ]
         with th.no_grad():
             old = action_distribution(batch, observations)  # type: ignore[arg-type]
-            kl = mean_summed_kl(old, real_distribution_sb3(model, batch, observations, shift=0.1))
+            kl = mean_summed_kl(old, shifted_distribution(model, batch, observations, shift=0.1))
         results.append([gradient, *products, kl])
     for first, second in zip(*results, strict=True):
         assert th.allclose(first, second)
 
 
-def real_distribution_sb3(model: RecurrentNPG, batch: SequenceBatch, observations, shift: float):
+def shifted_distribution(model: RecurrentNPG, batch: SequenceBatch, observations, shift: float):
     """The batch's distribution after shifting every actor parameter by ``shift`` (then restored)."""
     with th.no_grad():
         for parameter in model.actor_parameters:
@@ -231,3 +232,26 @@ def test_critic_loss_is_over_real_steps() -> None:
     assert abs(expected - with_padding) > 1e-3 * expected
     np.random.seed(0)  # the batch of rollout()
     assert model._fit_sequence_critic() == pytest.approx(expected, rel=1e-5)
+
+
+def test_lstm_options_split_actor_and_critic() -> None:
+    model = RecurrentNPG("MlpLstmPolicy", "CartPole-v1", n_steps=16, batch_size=16, policy_kwargs=POLICY_KWARGS)
+    actor = {id(p) for p in model.actor_parameters}
+    critic = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in model.policy.lstm_actor.parameters()} <= actor
+    assert model.policy.lstm_critic is not None  # enable_critic_lstm defaults to True
+    assert {id(p) for p in model.policy.lstm_critic.parameters()} <= critic - actor
+    with pytest.warns(UserWarning, match="shared_lstm"):
+        shared = RecurrentNPG(
+            "MlpLstmPolicy",
+            "CartPole-v1",
+            n_steps=16,
+            batch_size=16,
+            policy_kwargs=dict(POLICY_KWARGS, shared_lstm=True, enable_critic_lstm=False),
+        )
+    assert {id(p) for p in shared.policy.lstm_actor.parameters()} <= {id(p) for p in shared.actor_parameters}
+
+
+def test_sub_sampling_is_refused() -> None:
+    with pytest.raises(ValueError, match="sub_sampling_factor"):
+        RecurrentNPG("MlpLstmPolicy", "CartPole-v1", n_steps=16, batch_size=16, sub_sampling_factor=2)
