@@ -122,16 +122,22 @@ def test_fisher_product_equals_dense(env_id: str, backend: str) -> None:
 
 
 @pytest.mark.parametrize("env_id", ENVS)
-def test_step_equals_dense_natural_gradient_step(env_id: str) -> None:
+@pytest.mark.parametrize("backend", ["gauss_newton", "empirical"])
+def test_step_equals_dense_natural_gradient_step(env_id: str, backend: str) -> None:
     target_kl, damping = 0.01, 0.1
-    model = trained_model(env_id, target_kl=target_kl, cg_damping=damping)
+    model = trained_model(env_id, target_kl=target_kl, cg_damping=damping, fisher=backend)
     model.cg_max_steps = flat_actor(model).numel()  # CG to convergence: the step is the exact solve
     data, real, actions = rollout(model)
     advantages = data.advantages[real]
     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     log_probs = summed(real_distribution(model.policy, data, real).log_prob(actions))
     gradient = th.cat([g.reshape(-1) for g in th.autograd.grad((advantages * log_probs).mean(), model.actor_parameters)])
-    hessian = dense_hessian(model, data, real).double()
+    if backend == "empirical":  # fewer real steps than parameters: the Woodbury solve
+        scores = dense_scores(model, data, real, actions).double()
+        hessian = scores.T @ scores / int(real.sum())
+        assert scores.shape[0] < scores.shape[1]
+    else:
+        hessian = dense_hessian(model, data, real).double()
     direction = th.linalg.solve(hessian + damping * th.eye(hessian.shape[0], dtype=th.float64), gradient.double())
     expected = (th.sqrt(2 * target_kl / (direction @ hessian @ direction)) * direction).float()
 
