@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import SimpleMultiObsEnv
 from torch import nn
 from torch.distributions import Categorical, Normal, kl_divergence
 from torch.func import functional_call
@@ -261,3 +263,12 @@ def test_lstm_options_split_actor_and_critic() -> None:
 def test_sub_sampling_is_refused() -> None:
     with pytest.raises(ValueError, match="sub_sampling_factor"):
         RecurrentNPG("MlpLstmPolicy", "CartPole-v1", n_steps=16, batch_size=16, sub_sampling_factor=2)
+
+
+def test_dict_observations_run() -> None:
+    env = SimpleMultiObsEnv(random_start=True)
+    model = RecurrentNPG("MultiInputLstmPolicy", env, n_steps=16, batch_size=16, seed=0, policy_kwargs=POLICY_KWARGS)
+    assert isinstance(model.rollout_buffer, RecurrentDictRolloutBuffer)
+    model.learn(32)
+    assert model.skipped_updates == 0
+    assert 0 < model.logger.name_to_value["train/kl_divergence"] < 0.02
