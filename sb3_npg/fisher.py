@@ -585,9 +585,11 @@ def policy_jacobian(
     The fastest exact Jacobian for the policy: hand-derived for SB3's (and sb3-contrib's maskable) MLP actors,
     autograd otherwise; of the masked distribution when ``action_masks`` are given.
     """
-    return MLPJacobian.for_policy(policy, parameters, observations, action_masks) or AutogradJacobian(
-        policy, parameters, observations, action_masks
+    # Anything else with a get_distribution (e.g. RecurrentNPG's batch of sequences) takes autograd
+    mlp_jacobian = (
+        MLPJacobian.for_policy(policy, parameters, observations, action_masks) if isinstance(policy, BasePolicy) else None
     )
+    return mlp_jacobian or AutogradJacobian(policy, parameters, observations, action_masks)
 
 
 def policy_gradient(jacobian: PolicyJacobian, actions: th.Tensor, advantages: th.Tensor) -> th.Tensor:

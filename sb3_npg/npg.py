@@ -288,13 +288,17 @@ class NPG(OnPolicyAlgorithm):
         Found by differentiating the distribution on a sample observation, so it holds for custom
         policies too, whatever their parameter names.
         """
-        observation, _ = self.policy.obs_to_tensor(self.observation_space.sample())
         parameters = list(self.policy.parameters())
-        outputs = distribution_outputs(self.policy.get_distribution(observation))
+        outputs = distribution_outputs(self._sample_distribution())
         gradients = th.autograd.grad([output.sum() for output in outputs], parameters, allow_unused=True)
         actor = [p for p, grad in zip(parameters, gradients, strict=True) if grad is not None]
         critic = [p for p, grad in zip(parameters, gradients, strict=True) if grad is None]
         return actor, critic
+
+    def _sample_distribution(self) -> Distribution:
+        """The policy's action distribution on one sampled observation (how the actor parameters are found)."""
+        observation, _ = self.policy.obs_to_tensor(self.observation_space.sample())
+        return self.policy.get_distribution(observation)
 
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
@@ -323,7 +327,10 @@ class NPG(OnPolicyAlgorithm):
 
         self._policy_step(observations, actions, rollout_data.advantages, self._action_masks(rollout_data))
         value_loss = self._fit_critic(observations, rollout_data.returns)
+        self._record_update(value_loss)
 
+    def _record_update(self, value_loss: float) -> None:
+        """Count the update and log the critic's fit and the policy's spread."""
         self._n_updates += 1
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         self.logger.record("train/value_loss", value_loss)
@@ -338,27 +345,36 @@ class NPG(OnPolicyAlgorithm):
         return None
 
     def _policy_step(
-        self, observations: PyTorchObs, actions: th.Tensor, advantages: th.Tensor, action_masks: th.Tensor | None = None
+        self,
+        observations: PyTorchObs,
+        actions: th.Tensor,
+        advantages: th.Tensor,
+        action_masks: th.Tensor | None = None,
+        batch_policy: Any = None,
     ) -> None:
         """
         The natural-gradient step on the actor parameters, with its logs.
 
         :param action_masks: the masks of the samples (maskable policies): the gradient, every Fisher product and
             the KL after the step use the distribution they mask, the same for the old and the new policy
+        :param batch_policy: what gives the action distribution of the batch through
+            ``get_distribution(observations, action_masks=...)``, one row per sample of ``actions``, for the gradient,
+            every Fisher product and the KL after the step (default: the policy; see RecurrentNPG for sequences)
         """
+        policy = self.policy if batch_policy is None else batch_policy
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
         # One forward pass at theta_old gives the old distribution, the policy gradient and (without
         # sub-sampling) the Jacobian the Fisher products use
-        jacobian = policy_jacobian(self.policy, self.actor_parameters, observations, action_masks)
+        jacobian = policy_jacobian(policy, self.actor_parameters, observations, action_masks)
         old = jacobian.distribution
         gradient = policy_gradient(jacobian, actions, advantages)
 
         fisher_index = slice(None, None, self.sub_sampling_factor)
         fisher = make_fisher(
             self.fisher,
-            self.policy,
+            policy,
             self.actor_parameters,
             _index_observations(observations, fisher_index),
             actions[fisher_index],
@@ -382,11 +398,11 @@ class NPG(OnPolicyAlgorithm):
 
         previous = [parameter.detach().clone() for parameter in self.actor_parameters]
         if self.step_length == "exact":
-            self._exact_step(observations, old, direction, previous, step_size.item(), action_masks)
+            self._exact_step(observations, old, direction, previous, step_size.item(), action_masks, policy)
             return
         add_to_parameters_(self.actor_parameters, direction, alpha=step_size.item())
         with th.no_grad():
-            kl = mean_summed_kl(old, action_distribution(self.policy, observations, action_masks))
+            kl = mean_summed_kl(old, action_distribution(policy, observations, action_masks))
         if not th.isfinite(kl):
             self._restore_actor(previous)
             self._skip_update(f"the KL after the step is {kl.item()}")
@@ -402,6 +418,7 @@ class NPG(OnPolicyAlgorithm):
         previous: list[th.Tensor],
         initial_scale: float,
         action_masks: th.Tensor | None = None,
+        batch_policy: Any = None,
     ) -> None:
         """
         ``step_length="exact"``: along ``direction``, the scale whose measured KL is ``target_kl`` within
@@ -409,12 +426,16 @@ class NPG(OnPolicyAlgorithm):
         :func:`~sb3_npg.fisher.search_step_scale`); every trial sets ``theta_old + scale * direction`` and
         measures the KL with one forward pass (of the distribution masked by ``action_masks``, if given). The actor
         ends at the chosen scale (``theta_old`` if none is safe).
+
+        :param batch_policy: what gives the batch's distribution (see :meth:`_policy_step`; default: the policy)
         """
+
+        policy = self.policy if batch_policy is None else batch_policy
 
         def kl_at(scale: float) -> float:
             set_parameters_along_(self.actor_parameters, previous, direction, scale)
             with th.no_grad():
-                return mean_summed_kl(old, action_distribution(self.policy, observations, action_masks)).item()
+                return mean_summed_kl(old, action_distribution(policy, observations, action_masks)).item()
 
         search = search_step_scale(kl_at, initial_scale, self.target_kl, EXACT_KL_TOLERANCE, EXACT_MAX_KL_EVALUATIONS)
         self.kl_search_failures += not search.converged
