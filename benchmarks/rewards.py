@@ -27,9 +27,10 @@ file; tables and figures use the current runs (a stale one only where no current
 
 A variant of the NPG entries (``--hyperparams KEY:VALUE ...``, passed on to the Zoo as overrides, e.g.
 ``--hyperparams "step_length:'exact'" --algos npg``) is recorded apart, in
-``benchmarks/results/variants/<overrides>/rewards.jsonl`` with its own log folders; its runs are current while
-their hyperparameters are today's entry with those overrides, and its ``summary.md`` and curves show it beside
-the shipped entry's runs (and the other algorithms') from ``benchmarks/results/rewards.jsonl``.
+``benchmarks/results/variants/<overrides>/rewards.jsonl`` (e.g. ``variants/step_length=exact/``) with its own
+log folders; its runs are current while their hyperparameters are today's entry with those overrides, and its
+``summary.md`` and curves show it beside the shipped entry's runs (and the other algorithms') from
+``benchmarks/results/rewards.jsonl``.
 """
 
 import argparse
@@ -473,7 +474,8 @@ def main() -> int:
     args = parser.parse_args()
 
     variant = tuple(args.hyperparams)
-    variant_dir = pathlib.Path("variants", ",".join(variant).replace("'", "").replace('"', "").replace("/", "-"))
+    # e.g. variants/step_length=exact: no quotes, colons or slashes in the folder name
+    variant_dir = pathlib.Path("variants", ",".join(variant).translate(str.maketrans({"'": "", '"': "", ":": "=", "/": "-"})))
     out_dir = HERE / "logs" / "quick" if args.quick else HERE / "results"
     results_path = args.results or out_dir / (variant_dir if variant else "") / "rewards.jsonl"
     out_dir = results_path.parent

@@ -9,6 +9,8 @@ and minibatch size), and ``train()`` is timed over repeated calls, interleaved r
 load on the machine hits every model alike. Prints medians and NPG/TRPO ratios, then:
 
 * the measured KL per update (median over 20 real updates) for each backend, on CartPole-v1 and HalfCheetah-v5;
+* the extra time of ``step_length="exact"`` late in training, where its search works most: both step lengths
+  from the same saved state of a trained CartPole-v1 model (nearly deterministic), paired call by call;
 * the peak memory of ``train()`` at 16k samples (each model in a fresh process, peak RSS growth);
 * scaling tables: train-step time against batch size (1k to 16k) and network width (64 to 512);
 * the fast paths that rest on torch internals (``--parts fast_paths``): NPG's ``train()`` with each one on and
@@ -25,6 +27,7 @@ Usage::
 """
 
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -37,6 +40,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch as th
 from sb3_contrib import TRPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -46,6 +50,7 @@ import sb3_npg.critic
 import sb3_npg.mlp
 from sb3_npg import NPG
 from sb3_npg.fisher import FISHER_BACKENDS
+from sb3_npg.npg import STEP_LENGTHS
 
 RESULTS = Path(__file__).parent / "results"
 ALGORITHMS = ("trpo", *(f"npg-{backend}" for backend in FISHER_BACKENDS), "npg-exact")
@@ -161,6 +166,43 @@ def kl_per_update(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
             print(f"{env_id} {backend:12s} median KL / target_kl over {len(recorder.kls)} updates: {ratio:.3f}")
     return rows
+
+
+def exact_overhead(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    ``train()`` with ``step_length="quadratic"`` and ``"exact"`` from the same state (policy, critic optimiser and
+    shuffle restored before every call) of a CartPole-v1 model trained for 5e4 steps: the paired ratio of their
+    times is the cost of the search alone, at the number of KL evaluations it needs there.
+    """
+    model = make_model("npg-gauss_newton", "CartPole-v1", 1024, 64, target_kl=0.01, cg_damping=1e-3)
+    model.learn(20_000 if args.quick else 50_000)  # the last rollout stays in the buffer
+    policy_state = copy.deepcopy(model.policy.state_dict())
+    optimizer_state = copy.deepcopy(model.policy.optimizer.state_dict())
+    times: dict[str, list[float]] = {mode: [] for mode in STEP_LENGTHS}
+    kl_evaluations = []
+    for repeat in range(args.repeats + 1):
+        for mode in STEP_LENGTHS:
+            model.policy.load_state_dict(policy_state)
+            model.policy.optimizer.load_state_dict(optimizer_state)
+            model.step_length = mode
+            np.random.seed(repeat)
+            th.manual_seed(repeat)
+            start = time.perf_counter()
+            model.train()
+            if repeat > 0:
+                times[mode].append(time.perf_counter() - start)
+                if mode == "exact":
+                    kl_evaluations.append(model.logger.name_to_value["train/kl_evaluations"])
+    ratio = statistics.median(e / q for e, q in zip(times["exact"], times["quadratic"], strict=True))
+    row = dict(
+        env="CartPole-v1",
+        quadratic_ms=1000 * statistics.median(times["quadratic"]),
+        exact_ms=1000 * statistics.median(times["exact"]),
+        ratio=ratio,
+        mean_kl_evaluations=statistics.mean(kl_evaluations),
+    )
+    print(f"CartPole-v1, trained: exact / quadratic train() {ratio:.3f} at {row['mean_kl_evaluations']:.1f} KL evaluations")
+    return [row]
 
 
 def _resident_bytes() -> int:
@@ -303,6 +345,17 @@ def markdown(results: dict[str, Any]) -> str:
             for r in results["kl"]
         ]
         lines.append("")
+    if "exact" in results:
+        lines += [
+            "| state | quadratic train() | exact train() | exact / quadratic (paired) | KL evaluations |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['env']}, trained 5e4 steps | {r['quadratic_ms']:.0f} ms | {r['exact_ms']:.0f} ms | {r['ratio']:.3f} "
+            f"| {r['mean_kl_evaluations']:.1f} |"
+            for r in results["exact"]
+        ]
+        lines.append("")
     if "memory" in results:
         lines += ["| algorithm | samples | peak RSS growth in train() |", "|---|---|---|"]
         lines += [f"| {r['algorithm']} | {r['n_samples']} | {r['peak_mib']:.0f} MiB |" for r in results["memory"]]
@@ -320,8 +373,15 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PARTS = {"timing": timing, "kl": kl_per_update, "memory": peak_memory, "scaling": scaling, "fast_paths": fast_paths}
-DEFAULT_PARTS = ["timing", "kl", "memory", "scaling"]
+PARTS = {
+    "timing": timing,
+    "kl": kl_per_update,
+    "exact": exact_overhead,
+    "memory": peak_memory,
+    "scaling": scaling,
+    "fast_paths": fast_paths,
+}
+DEFAULT_PARTS = ["timing", "kl", "exact", "memory", "scaling"]
 
 
 def main() -> None:
