@@ -26,8 +26,7 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
-from sb3_npg.critic import fit_critic
-from sb3_npg.critic import index_observations as _index_observations
+from sb3_npg.critic import fit_critic, index_observations
 from sb3_npg.env_checks import FiniteCheck, NonFiniteError, with_finite_check
 from sb3_npg.fisher import (
     FISHER_BACKENDS,
@@ -376,7 +375,7 @@ class NPG(OnPolicyAlgorithm):
             self.fisher,
             policy,
             self.actor_parameters,
-            _index_observations(observations, fisher_index),
+            index_observations(observations, fisher_index),
             actions[fisher_index],
             self.cg_damping,
             jacobian=jacobian if self.sub_sampling_factor == 1 else None,
