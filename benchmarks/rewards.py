@@ -11,7 +11,11 @@ Outputs (full mode, default paths):
 - ``benchmarks/results/rewards.jsonl``: one JSON line per finished run (algo, env, seed, steps,
   final_mean_return, wall_time_s, train_time_s, the learning curve, hyperparameters, date, machine);
 - ``benchmarks/results/curves_<group>.png``: learning curves, mean ± std over seeds;
-- ``benchmarks/results/summary.md``: the results table.
+- ``benchmarks/results/summary.md``: the results table;
+- ``benchmarks/results/updates/<algo>_<env>_seed<seed>_<steps>_<date>.csv.gz``: each run's per-update log (what the
+  SB3 logger holds after every policy update, see ``zoo_run.UpdateLog``), copied out of its log folder when the
+  run is recorded (log folders are not kept: a run in progress or a stale one is cleared to start over) and
+  named in its JSON line (``"update_log"``, relative to the results file).
 
 Resumable: a run is appended to the results file as soon as it finishes, and runs already in the file
 are skipped. Killing the script loses at most the runs in progress (their log folders are cleared and
@@ -189,6 +193,26 @@ def append_result(path: pathlib.Path, result: dict[str, Any]) -> None:
         os.fsync(file.fileno())
 
 
+def keep_update_log(run_dir: pathlib.Path, result: dict[str, Any], results_path: pathlib.Path) -> None:
+    """
+    Copy a finished run's per-update log (``zoo_run.UPDATE_LOG``) into ``updates/`` beside the results file, named
+    after the run and its date so that a rerun never overwrites it, and point ``result["update_log"]`` at the copy
+    (relative to the results file); a run without one (recorded before the log existed) gets ``None``.
+    """
+    from zoo_run import UPDATE_LOG
+
+    source = run_dir / UPDATE_LOG
+    if not source.is_file():
+        result["update_log"] = None
+        return
+    algo, env, seed, steps = run_key(result)
+    stamp = datetime.datetime.fromisoformat(result["date"]).astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    relative = pathlib.Path("updates", f"{algo}_{env}_seed{seed}_{steps}_{stamp}.csv.gz")
+    (results_path.parent / relative).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, results_path.parent / relative)
+    result["update_log"] = relative.as_posix()
+
+
 def steps_so_far(run_dir: pathlib.Path) -> int:
     """Environment steps of the finished episodes recorded in a run's monitor files (0 if none yet)."""
     total = 0
@@ -305,6 +329,7 @@ def run_all(
                         continue
                     result.setdefault("wall_time_s", None)
                     result.update(info, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                    keep_update_log(runner.run_dir(key), result, results_path)
                     append_result(results_path, result)
                     finished += 1
                     bar.write(
@@ -338,6 +363,7 @@ def adopt_run(run_dir: pathlib.Path, results_path: pathlib.Path, variant: tuple[
     finished_at = datetime.datetime.fromtimestamp(finished.stat().st_mtime, datetime.timezone.utc)
     result.update(machine=machine(), date=finished_at.isoformat(timespec="seconds"), wall_time_s=None)
     result["adopted_from"] = str(run_dir)
+    keep_update_log(run_dir, result, results_path)
     append_result(results_path, result)
     print(f"adopted {run_key(result)}: {result['final_mean_return']:.1f}")
     return []

@@ -6,9 +6,10 @@ This is the unit of work of ``benchmarks/rewards.py``, run in its own process::
     python benchmarks/zoo_run.py --algo npg --env CartPole-v1 --seed 0 --n-timesteps 100000 \
         --log-folder benchmarks/logs/npg/CartPole-v1/seed0
 
-It is ``rl_zoo3 train`` (with NPG registered through :mod:`sb3_npg.zoo`) plus three things the Zoo does
-not do itself: it times ``model.learn`` (the train time), it evaluates the saved model the way
-``rl_zoo3 enjoy`` loads it (``VecNormalize`` statistics included) over deterministic episodes (stochastic on
+It is ``rl_zoo3 train`` (with NPG registered through :mod:`sb3_npg.zoo`) plus four things the Zoo does
+not do itself: it times ``model.learn`` (the train time), it keeps one row per policy update of what the SB3
+logger holds after it (``<log-folder>/updates.csv.gz``, see :class:`UpdateLog`), it evaluates the saved model the
+way ``rl_zoo3 enjoy`` loads it (``VecNormalize`` statistics included) over deterministic episodes (stochastic on
 Atari, as the Zoo evaluates Atari), and it
 writes everything a results table needs into ``<log-folder>/result.json``. ``result.json`` is written
 last, only after a complete run: its presence means the run finished.
@@ -19,6 +20,8 @@ for TRPO, PPO and A2C) is trained with that ``-v4`` entry, unchanged, and the re
 """
 
 import argparse
+import csv
+import gzip
 import importlib.util
 import json
 import os
@@ -29,6 +32,10 @@ from typing import Any
 
 import numpy as np
 import yaml
+from stable_baselines3.common.callbacks import BaseCallback
+
+#: The per-update log of a run, in its log folder.
+UPDATE_LOG = "updates.csv.gz"
 
 
 def zoo_config(algo: str) -> pathlib.Path:
@@ -124,6 +131,71 @@ def evaluate_saved(algo: str, env_id: str, save_path: str, params_path: str, n_e
     return [float(r) for r in returns]
 
 
+class UpdateLog(BaseCallback):
+    """
+    One CSV row per policy update: every ``train/`` key the SB3 logger holds after the update (NPG:
+    ``train/kl_divergence``, ``train/step_size``, ``train/xFx``, ``train/std``, ``train/explained_variance``,
+    ``train/advantage_std``, ...; TRPO: ``train/kl_divergence_loss``, ``train/is_line_search_success``, ...), with
+    ``time/total_timesteps``, the algorithm's ``target_kl``, and ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean``
+    (the last 100 training episodes, as SB3 logs them). An algorithm that does not log ``train/advantage_std``
+    gets it from its rollout buffer (the same quantity: the standard deviation of the advantages before any
+    normalisation).
+
+    SB3 writes an update's ``train/`` values only at the next iteration's dump (or at an evaluation's, in between),
+    so they are read here when the next rollout starts, and after the last update when training ends. Written
+    (gzip-compressed, 6 significant digits) when training ends.
+
+    :param path: the ``.csv.gz`` file to write
+    """
+
+    def __init__(self, path: pathlib.Path) -> None:
+        super().__init__()
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+        self.advantage_std = float("nan")
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        self.record_update()
+
+    def _on_rollout_end(self) -> None:
+        buffer = getattr(self.model, "rollout_buffer", None)
+        if buffer is not None and buffer.advantages.size > 1:
+            self.advantage_std = float(np.std(buffer.advantages, ddof=1))
+
+    def _on_training_end(self) -> None:
+        self.record_update()
+        self.write()
+
+    def record_update(self) -> None:
+        """Add a row with the ``train/`` values of the update just made (none before the first update)."""
+        logged = {key: float(value) for key, value in self.logger.name_to_value.items() if key.startswith("train/")}
+        if not logged:
+            return
+        logged.setdefault("train/advantage_std", self.advantage_std)
+        episodes: list[dict[str, float]] = list(self.model.ep_info_buffer or [])
+        self.rows.append(
+            {
+                "time/total_timesteps": self.num_timesteps,
+                "target_kl": float(getattr(self.model, "target_kl", None) or float("nan")),
+                **dict(sorted(logged.items())),
+                "rollout/ep_rew_mean": float(np.mean([info["r"] for info in episodes])) if episodes else float("nan"),
+                "rollout/ep_len_mean": float(np.mean([info["l"] for info in episodes])) if episodes else float("nan"),
+            }
+        )
+
+    def write(self) -> None:
+        """Write the rows (columns: the union of the rows' keys, first-seen order; a missing value is empty)."""
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        with gzip.open(self.path, "wt", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns, restval="")
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({key: f"{value:.6g}" for key, value in row.items()})
+
+
 def learning_curve(save_path: str) -> tuple[list[int], list[float]]:
     """Mean return of each periodic evaluation (``evaluations.npz`` written by the Zoo's EvalCallback)."""
     path = os.path.join(save_path, "evaluations.npz")
@@ -171,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     original_learn = ExperimentManager.learn
 
     def timed_learn(self: ExperimentManager, model: Any) -> None:
+        self.callbacks.append(UpdateLog(run_dir / UPDATE_LOG))
         start = time.perf_counter()
         original_learn(self, model)
         timing.update(
@@ -221,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "hyperparams": hyperparams,
         "curve_steps": steps,
         "curve_returns": curve,
+        "update_log": UPDATE_LOG,
         "command": " ".join(zoo_argv),
     }
     with open(run_dir / "result.json.tmp", "w") as file:

@@ -361,6 +361,8 @@ class NPG(OnPolicyAlgorithm):
             every Fisher product and the KL after the step (default: the policy; see RecurrentNPG for sequences)
         """
         policy = self.policy if batch_policy is None else batch_policy
+        if advantages.numel() > 1:  # their scale before normalisation, which the normalised step does not see
+            self.logger.record("train/advantage_std", advantages.std().item())
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 

@@ -307,6 +307,8 @@ def test_logged_keys(action_space: spaces.Space) -> None:
     assert logs["train/skipped_updates"] == 0
     if isinstance(action_space, spaces.Box):
         assert logs["train/std"] == pytest.approx(model.policy.log_std.exp().mean().item())
+    # the scale of the advantages the step used, before their normalisation
+    assert logs["train/advantage_std"] == pytest.approx(float(np.std(model.rollout_buffer.advantages, ddof=1)), rel=1e-5)
 
 
 @pytest.mark.parametrize("fisher", ["gauss_newton", "empirical"])
