@@ -299,8 +299,10 @@ def _reads_flat_box_features(policy: ActorCriticPolicy) -> bool:
 def _sample_categorical(logits: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
     """``Categorical(logits=logits)``: one sample per row (``torch.multinomial``) and its log-probability."""
     normalized = logits - logits.logsumexp(dim=-1, keepdim=True)
-    actions = th.multinomial(F.softmax(normalized, dim=-1), 1, True).T.reshape(logits.shape[:-1])
-    return actions, normalized.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    # torch.multinomial(probs, 1, True) gives the (rows, 1) int64 indices that Categorical.sample transposes and
+    # reshapes to (rows,) and log_prob unsqueezes back: the same values, taken as they are
+    samples = th.multinomial(normalized.softmax(dim=-1), 1, True)
+    return samples.view(logits.shape[:-1]), normalized.gather(-1, samples).squeeze(-1)
 
 
 def collect_rollouts(
