@@ -6,19 +6,19 @@ dispatches six modules and builds a ``torch.distributions`` object (with argumen
 score one action. :class:`LeanForward` computes the same actions, values and log-probabilities with plain
 ``torch.addmm`` calls on the layers' own (detached) weights and the distributions' own formulas, drawing from
 torch's generator with the same calls in the same order (``Tensor.normal_`` for a diagonal Gaussian,
-``torch.multinomial`` for categoricals, ``torch.bernoulli`` for Bernoulli), so the rollout buffer and the random
-generators end in the same state as with SB3's loop. gSDE keeps SB3's own distribution object (only the MLP is
-lean). For a ``Box`` observation space read by SB3's ``FlattenExtractor`` the features are the observations as
-``float32`` (what ``preprocess_obs`` and ``nn.Flatten`` make of them), read from the array without module calls;
-for SB3's ``RolloutBuffer`` itself the values and log-probabilities are written straight into the buffer's arrays
-and the step's other fields without ``RolloutBuffer.add``'s copies.
+``torch.multinomial`` for categoricals, ``torch.bernoulli`` for Bernoulli; gSDE draws nothing per step, its
+exploration matrices being the policy's state), so the rollout buffer and the random generators end in the same
+state as with SB3's loop. For a ``Box`` observation space read by SB3's ``FlattenExtractor`` the features are the
+observations as ``float32`` (what ``preprocess_obs`` and ``nn.Flatten`` make of them), read from the array
+without module calls; for SB3's ``RolloutBuffer`` itself the values and log-probabilities are written straight
+into the buffer's arrays and the step's other fields without ``RolloutBuffer.add``'s copies.
 
 :func:`LeanForward.for_policy` accepts only what it reproduces exactly: SB3's ``MlpPolicy`` and
 ``MultiInputPolicy`` classes themselves (no subclass), an ``MlpExtractor`` of ``Linear`` layers and elementwise
 activations, linear action and value heads, SB3's standard distributions, and no forward hook on any of its
-modules (the lean pass calls no module, so hooks would not fire). Anything else (CNN policies,
-custom policies and extractors, sb3-contrib's maskable or recurrent policies) returns ``None``, and NPG then
-uses SB3's ``collect_rollouts`` unchanged.
+modules (the lean pass calls no module but a features extractor it does not read from the array, so hooks would
+not fire). Anything else (CNN policies, custom policies, sb3-contrib's maskable or recurrent policies) returns
+``None``, and NPG then uses SB3's ``collect_rollouts`` unchanged.
 """
 
 import math
@@ -168,7 +168,7 @@ class LeanForward:
         self.distribution = policy.action_dist
         self.action_shape = policy.action_space.shape
         self.flat_box_features = _reads_flat_box_features(policy)
-        # Diagonal Gaussian: the standard deviation's terms, recomputed only when log_std changes (see _sample)
+        # Diagonal Gaussian and gSDE: the standard deviation's terms, recomputed only when log_std changes
         self.log_std = policy.log_std.detach() if isinstance(self.distribution, DiagGaussianDistribution) else None
         self._gaussian_terms: tuple[th.Tensor, ...] | None = None
 
@@ -248,12 +248,36 @@ class LeanForward:
         elif isinstance(distribution, BernoulliDistribution):
             actions = th.bernoulli(th.sigmoid(mean_actions))
             log_prob = -F.binary_cross_entropy_with_logits(mean_actions, actions, reduction="none").sum(dim=1)
-        else:  # gSDE: SB3's own distribution (its noise matrix is the policy's state, built with autograd)
-            with th.no_grad():
-                sde = distribution.proba_distribution(mean_actions, self.policy.log_std, latent_pi)
-                actions = sde.get_actions()
-                log_prob = sde.log_prob(actions)
+        else:
+            assert isinstance(distribution, StateDependentNoiseDistribution)
+            actions, log_prob = self._sample_state_dependent(distribution, mean_actions, latent_pi)
         return actions, log_prob if log_prob_out is None else log_prob_out.copy_(log_prob)
+
+    def _sample_state_dependent(
+        self, distribution: StateDependentNoiseDistribution, mean_actions: th.Tensor, latent_sde: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        gSDE: ``proba_distribution``, ``get_actions`` and ``log_prob`` of SB3's ``StateDependentNoiseDistribution``
+        by the same operations, without building its ``Normal``: the scale ``sqrt(latent² @ std² + epsilon)``, the
+        noise from the distribution's own exploration matrices (its ``get_noise``), ``tanh`` and its correction when
+        actions are squashed. ``get_std(log_std)²`` is kept while ``log_std`` is unchanged. The distribution object is
+        left as it was (SB3's loop leaves the last step's ``Normal`` in it; ``train()`` and ``predict`` rebuild it).
+        """
+        log_std = self.policy.log_std.detach()
+        with th.no_grad():  # the exploration matrices were sampled with autograd (a reparametrised draw)
+            if self._gaussian_terms is None or not th.equal(log_std, self._gaussian_terms[0]):
+                self._gaussian_terms = (log_std.clone(), distribution.get_std(log_std) ** 2)
+            scale = th.sqrt(th.mm(latent_sde**2, self._gaussian_terms[1]) + distribution.epsilon)
+            gaussian_actions = mean_actions + distribution.get_noise(latent_sde)
+            bijector = distribution.bijector
+            actions = gaussian_actions if bijector is None else bijector.forward(gaussian_actions)
+            if bijector is not None:  # log_prob starts from the inverse of the squashed actions, as SB3's does
+                gaussian_actions = bijector.inverse(actions)
+            # torch's Normal(mean_actions, scale).log_prob, summed over action dimensions
+            log_prob = (-((gaussian_actions - mean_actions) ** 2) / (2 * scale**2) - scale.log() - LOG_SQRT_2PI).sum(dim=1)
+            if bijector is not None:
+                log_prob -= th.sum(bijector.log_prob_correction(gaussian_actions), dim=1)
+        return actions, log_prob
 
     def _sample_gaussian(self, mean_actions: th.Tensor, log_prob_out: th.Tensor | None) -> tuple[th.Tensor, th.Tensor]:
         """

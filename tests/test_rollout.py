@@ -146,6 +146,12 @@ def test_same_rollouts_with_gsde(n_envs: int, sde_sample_freq: int) -> None:
     check_equivalent(ACTION_SPACES["box6d"], n_envs, use_sde=True, sde_sample_freq=sde_sample_freq)
 
 
+@pytest.mark.parametrize("policy_kwargs", [dict(use_expln=True), dict(full_std=False)], ids=["expln", "reduced_std"])
+def test_same_rollouts_with_gsde_options(policy_kwargs: dict[str, Any]) -> None:
+    """gSDE's other standard deviations (``expln``, one per latent feature) come from SB3's own ``get_std``."""
+    check_equivalent(ACTION_SPACES["box6d"], 4, use_sde=True, sde_sample_freq=4, policy_kwargs=policy_kwargs)
+
+
 def test_same_rollouts_with_gsde_squashed_actions() -> None:
     """Squashed gSDE actions are unscaled to the bounds of the action space (here not [-1, 1])."""
     action_space = spaces.Box(np.array([-2, 0], np.float32), np.array([3, 0.5], np.float32))
@@ -264,12 +270,13 @@ class StdAnnealer(BufferRecorder):
         return super()._on_step()
 
 
-def test_parameters_changed_by_a_callback_mid_rollout_are_used_at_the_next_step() -> None:
+@pytest.mark.parametrize("use_sde", [False, True], ids=["gaussian", "gsde"])
+def test_parameters_changed_by_a_callback_mid_rollout_are_used_at_the_next_step(use_sde: bool) -> None:
     """A callback moving the policy's parameters between steps acts on both paths at the same step."""
     results = []
     for model_class in (NPG, NPGWithSB3Rollout):
         env = make_vec_env(lambda: ToyEnv(ACTION_SPACES["box6d"], episode_length=7), n_envs=2, seed=3)
-        model = model_class("MlpPolicy", env, n_steps=24, batch_size=24, n_critic_updates=2, seed=0)
+        model = model_class("MlpPolicy", env, n_steps=24, batch_size=24, n_critic_updates=2, seed=0, use_sde=use_sde)
         recorder = StdAnnealer()
         model.learn(48, callback=recorder)
         results.append((model, recorder, {"torch": th.get_rng_state(), "numpy": np.random.get_state()}))
