@@ -168,7 +168,7 @@ class LeanForward:
         self.distribution = policy.action_dist
         self.action_shape = policy.action_space.shape
         self.flat_box_features = _reads_flat_box_features(policy)
-        # Diagonal Gaussian and gSDE: the standard deviation's terms, recomputed only when log_std changes
+        # The standard deviation's terms (diagonal Gaussian, gSDE), recomputed only when log_std changes
         self.log_std = policy.log_std.detach() if isinstance(self.distribution, DiagGaussianDistribution) else None
         self._gaussian_terms: tuple[th.Tensor, ...] | None = None
 
