@@ -445,10 +445,9 @@ def _buffer_rows(rollout_buffer: RolloutBuffer, forward: LeanForward) -> tuple[t
     """
     :return: tensors sharing memory with the buffer's ``values`` (as ``(n_steps, n_envs, 1)``) and ``log_probs``,
         for the forward pass to write a step's values and log-probabilities into; ``None`` unless the buffer is
-        SB3's ``RolloutBuffer`` itself (a subclass may change ``add``) and the policy computes in ``float32`` on the CPU
+        SB3's ``RolloutBuffer`` itself (a subclass may change ``add``) and the policy is on the CPU
     """
-    value_weight_t = forward.value_head[0]
-    if type(rollout_buffer) is not RolloutBuffer or value_weight_t.device.type != "cpu" or value_weight_t.dtype != th.float32:
+    if type(rollout_buffer) is not RolloutBuffer or forward.value_head[0].device.type != "cpu":
         return None
     return th.from_numpy(rollout_buffer.values).unsqueeze(-1), th.from_numpy(rollout_buffer.log_probs)
 
