@@ -4,17 +4,21 @@ A faster rollout for NPG: SB3's ``collect_rollouts`` loop with a lean forward pa
 On SB3's small MLP policies a rollout step is bound by per-call overhead, not arithmetic: ``policy(obs)``
 dispatches six modules and builds a ``torch.distributions`` object (with argument validation) to sample and
 score one action. :class:`LeanForward` computes the same actions, values and log-probabilities with plain
-``F.linear`` calls and the distributions' own formulas, drawing from torch's generator with the same calls in
-the same order (``Tensor.normal_`` for a diagonal Gaussian, ``torch.multinomial`` for categoricals,
-``torch.bernoulli`` for Bernoulli), so the rollout buffer and the random generators end in the same state as
-with SB3's loop. gSDE keeps SB3's own distribution object (only the MLP is lean).
+``torch.addmm`` calls on the layers' own (detached) weights and the distributions' own formulas, drawing from
+torch's generator with the same calls in the same order (``Tensor.normal_`` for a diagonal Gaussian,
+``torch.multinomial`` for categoricals, ``torch.bernoulli`` for Bernoulli; gSDE draws nothing per step, its
+exploration matrices being the policy's state), so the rollout buffer and the random generators end in the same
+state as with SB3's loop. For a ``Box`` observation space read by SB3's ``FlattenExtractor`` the features are the
+observations as ``float32`` (what ``preprocess_obs`` and ``nn.Flatten`` make of them), read from the array
+without module calls; for SB3's ``RolloutBuffer`` itself the values and log-probabilities are written straight
+into the buffer's arrays and the step's other fields without ``RolloutBuffer.add``'s copies.
 
 :func:`LeanForward.for_policy` accepts only what it reproduces exactly: SB3's ``MlpPolicy`` and
 ``MultiInputPolicy`` classes themselves (no subclass), an ``MlpExtractor`` of ``Linear`` layers and elementwise
 activations, linear action and value heads, SB3's standard distributions, and no forward hook on any of its
-modules (the lean pass calls no module, so hooks would not fire). Anything else (CNN policies,
-custom policies and extractors, sb3-contrib's maskable or recurrent policies) returns ``None``, and NPG then
-uses SB3's ``collect_rollouts`` unchanged.
+modules (the lean pass calls no module but a features extractor it does not read from the array, so hooks would
+not fire). Anything else (CNN policies, custom policies, sb3-contrib's maskable or recurrent policies) returns
+``None``, and NPG then uses SB3's ``collect_rollouts`` unchanged.
 """
 
 import math
@@ -34,7 +38,8 @@ from stable_baselines3.common.distributions import (
 )
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, MultiInputActorCriticPolicy
-from stable_baselines3.common.torch_layers import MlpExtractor
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
@@ -55,6 +60,7 @@ SUPPORTED_DISTRIBUTIONS = (
 # log(sqrt(2 pi)), the constant of torch's Normal.log_prob
 LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
+# (transposed weight, bias, activation) of a linear layer followed by an elementwise activation (or None)
 Layer = tuple[th.Tensor, th.Tensor | None, Callable[[th.Tensor], th.Tensor] | None]
 # torch's registries of forward hooks (internal names, read only; if one is missing the fast path is not taken)
 GLOBAL_HOOK_REGISTRIES = ("_global_forward_hooks", "_global_forward_pre_hooks")
@@ -79,25 +85,47 @@ def forward_hooks_may_fire(policy: nn.Module) -> bool:
 
 
 def _activation_function(activation: nn.Module) -> Callable[[th.Tensor], th.Tensor]:
-    """The function an activation module applies (``torch.tanh``/``torch.relu`` directly, what their forward calls)."""
+    """
+    The function an activation module applies: ``tanh``/``relu`` in place (the lean pass owns the linear layer's
+    output it is applied to; the same kernels as the modules' forward), the module itself for any other activation.
+    """
     if type(activation) is nn.Tanh:
-        return th.tanh
+        return th.Tensor.tanh_
     if type(activation) is nn.ReLU and not activation.inplace:
-        return th.relu
+        return th.Tensor.relu_
     return activation
 
 
+def _linear(inputs: th.Tensor, weight_t: th.Tensor, bias: th.Tensor | None, out: th.Tensor | None = None) -> th.Tensor:
+    """
+    ``F.linear(inputs, weight_t.T, bias)`` by the call it makes itself for 2-D inputs (``addmm``, or ``mm`` without
+    bias), written into ``out`` if given.
+    """
+    if inputs.dim() != 2:
+        outputs = F.linear(inputs, weight_t.T, bias)
+        return outputs if out is None else out.copy_(outputs)
+    return th.mm(inputs, weight_t, out=out) if bias is None else th.addmm(bias, inputs, weight_t, out=out)
+
+
+def _layer(linear: nn.Linear) -> Layer:
+    """``(transposed weight, bias, None)`` of a linear layer: detached views of its parameters (following in-place updates)."""
+    return linear.weight.detach().T, None if linear.bias is None else linear.bias.detach(), None
+
+
 def _linear_layers(module: nn.Module) -> list[Layer] | None:
-    """:return: ``(weight, bias, activation)`` per linear layer of a ``Sequential``, or ``None`` if it is anything else"""
+    """
+    :return: ``(transposed weight, bias, activation)`` per linear layer of a ``Sequential``, detached views of the
+        layers' parameters (they follow in-place updates), or ``None`` if the ``Sequential`` holds anything else
+    """
     if type(module) is not nn.Sequential:
         return None
     layers: list[Layer] = []
     for child in module:
         if type(child) is nn.Linear:
-            layers.append((child.weight, child.bias, None))
+            layers.append(_layer(child))
         elif type(child) in ELEMENTWISE_ACTIVATIONS and layers and layers[-1][2] is None:
-            weight, bias, _ = layers[-1]
-            layers[-1] = (weight, bias, _activation_function(child))
+            weight_t, bias, _ = layers[-1]
+            layers[-1] = (weight_t, bias, _activation_function(child))
         else:
             return None
     return layers
@@ -105,8 +133,13 @@ def _linear_layers(module: nn.Module) -> list[Layer] | None:
 
 def _apply(layers: list[Layer], inputs: th.Tensor) -> th.Tensor:
     hidden = inputs
-    for weight, bias, activation in layers:
-        hidden = F.linear(hidden, weight, bias)
+    if inputs.dim() != 2:
+        for weight_t, bias, activation in layers:
+            hidden = _linear(hidden, weight_t, bias)
+            hidden = hidden if activation is None else activation(hidden)
+        return hidden
+    for weight_t, bias, activation in layers:  # _linear's 2-D case, inlined: this is most of a rollout step's calls
+        hidden = th.mm(hidden, weight_t) if bias is None else th.addmm(bias, hidden, weight_t)
         if activation is not None:
             hidden = activation(hidden)
     return hidden
@@ -116,8 +149,9 @@ class LeanForward:
     """
     ``policy(obs)`` (sampled actions, values, log-probabilities) without module dispatch or distribution objects.
 
-    Build it with :meth:`for_policy`, which checks that the policy is one it reproduces exactly. It holds the
-    policy's weight tensors themselves (it follows in-place updates); build a new one if modules are replaced.
+    Build it with :meth:`for_policy`, which checks that the policy is one it reproduces exactly. It holds detached
+    views of the policy's parameters, which follow in-place updates (an optimiser's step, a callback's change under
+    ``no_grad``) but not parameters replaced by new tensors: build a new one for each rollout (NPG does).
 
     :param policy: the policy (already checked by :meth:`for_policy`)
     :param actor_layers: the actor's MLP layers
@@ -130,10 +164,13 @@ class LeanForward:
         self.critic_layers = critic_layers
         action_net, value_net = policy.action_net, policy.value_net
         assert isinstance(action_net, nn.Linear) and isinstance(value_net, nn.Linear)
-        self.action_weight, self.action_bias = action_net.weight, action_net.bias
-        self.value_weight, self.value_bias = value_net.weight, value_net.bias
+        self.action_head, self.value_head = _layer(action_net), _layer(value_net)
         self.distribution = policy.action_dist
         self.action_shape = policy.action_space.shape
+        self.flat_box_features = _reads_flat_box_features(policy)
+        # The standard deviation's terms (diagonal Gaussian, gSDE), recomputed only when log_std changes
+        self.log_std = policy.log_std.detach() if isinstance(self.distribution, DiagGaussianDistribution) else None
+        self._gaussian_terms: tuple[th.Tensor, ...] | None = None
 
     @classmethod
     def for_policy(cls, policy: nn.Module) -> "LeanForward | None":
@@ -159,13 +196,28 @@ class LeanForward:
             return None
         return cls(policy, actor_layers, critic_layers)
 
-    def __call__(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def __call__(
+        self,
+        obs: np.ndarray | dict[str, np.ndarray],
+        obs_tensor: PyTorchObs,
+        values_out: th.Tensor | None = None,
+        log_prob_out: th.Tensor | None = None,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
-        :param obs: observations as tensors (as ``obs_as_tensor`` gives them)
-        :return: sampled actions, values and log-probabilities, as ``policy(obs)`` returns them
+        :param obs: the observations, as the environment returned them
+        :param obs_tensor: the same as tensors (as ``obs_as_tensor`` gives them)
+        :param values_out: where to write the values (shape ``(n_envs, 1)``), or ``None`` for a new tensor
+        :param log_prob_out: where to write the log-probabilities (shape ``(n_envs,)``), or ``None``
+        :return: sampled actions, values and log-probabilities, as ``policy(obs_tensor)`` returns them
         """
-        policy = self.policy
-        features = policy.extract_features(obs)
+        if self.flat_box_features and isinstance(obs, np.ndarray) and obs.dtype.kind == "f":
+            # preprocess_obs's obs.float() and nn.Flatten(): the same float32 rounding, done by numpy
+            features: th.Tensor | tuple[th.Tensor, th.Tensor] = th.from_numpy(obs.astype(np.float32, copy=False))
+            if features.dim() > 2:  # type: ignore[union-attr]
+                features = features.flatten(1)  # type: ignore[union-attr]
+        else:
+            with th.no_grad():
+                features = self.policy.extract_features(obs_tensor)
         if isinstance(features, th.Tensor):
             latent_pi = _apply(self.actor_layers, features)
             latent_vf = _apply(self.critic_layers, features)
@@ -173,42 +225,108 @@ class LeanForward:
             pi_features, vf_features = features
             latent_pi = _apply(self.actor_layers, pi_features)
             latent_vf = _apply(self.critic_layers, vf_features)
-        values = F.linear(latent_vf, self.value_weight, self.value_bias)
-        mean_actions = F.linear(latent_pi, self.action_weight, self.action_bias)
-        actions, log_prob = self._sample(mean_actions, latent_pi)
+        value_weight_t, value_bias, _ = self.value_head
+        values = _linear(latent_vf, value_weight_t, value_bias, out=values_out)
+        action_weight_t, action_bias, _ = self.action_head
+        mean_actions = _linear(latent_pi, action_weight_t, action_bias)
+        actions, log_prob = self._sample(mean_actions, latent_pi, log_prob_out)
         return actions.reshape((-1, *self.action_shape)), values, log_prob  # type: ignore[misc]
 
-    def _sample(self, mean_actions: th.Tensor, latent_pi: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def _sample(
+        self, mean_actions: th.Tensor, latent_pi: th.Tensor, log_prob_out: th.Tensor | None
+    ) -> tuple[th.Tensor, th.Tensor]:
         """Sample actions and score them as SB3's distribution does, with the same calls to the generator."""
         distribution = self.distribution
         if isinstance(distribution, DiagGaussianDistribution):
-            # Normal(mean, ones_like(mean) * exp(log_std)).rsample() and log_prob, summed over action dimensions
-            # (the standard deviation broadcast over rows: the same elementwise values)
-            std = self.policy.log_std.exp()
-            noise = th.empty(mean_actions.shape, dtype=mean_actions.dtype, device=mean_actions.device).normal_()
-            actions = mean_actions + noise * std
-            log_prob = -((actions - mean_actions) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI
-            return actions, log_prob.sum(dim=1)
+            return self._sample_gaussian(mean_actions, log_prob_out)
         if isinstance(distribution, CategoricalDistribution):
-            return _sample_categorical(mean_actions)
-        if isinstance(distribution, MultiCategoricalDistribution):
+            actions, log_prob = _sample_categorical(mean_actions)
+        elif isinstance(distribution, MultiCategoricalDistribution):
             samples = [_sample_categorical(logits) for logits in th.split(mean_actions, list(distribution.action_dims), dim=1)]
             actions = th.stack([sample for sample, _ in samples], dim=1)
-            return actions, th.stack([log_prob for _, log_prob in samples], dim=1).sum(dim=1)
-        if isinstance(distribution, BernoulliDistribution):
+            log_prob = th.stack([log_prob for _, log_prob in samples], dim=1).sum(dim=1)
+        elif isinstance(distribution, BernoulliDistribution):
             actions = th.bernoulli(th.sigmoid(mean_actions))
-            return actions, -F.binary_cross_entropy_with_logits(mean_actions, actions, reduction="none").sum(dim=1)
-        # gSDE: SB3's own distribution (its noise matrix is the policy's state)
-        sde = distribution.proba_distribution(mean_actions, self.policy.log_std, latent_pi)
-        actions = sde.get_actions()
-        return actions, sde.log_prob(actions)
+            log_prob = -F.binary_cross_entropy_with_logits(mean_actions, actions, reduction="none").sum(dim=1)
+        else:
+            assert isinstance(distribution, StateDependentNoiseDistribution)
+            actions, log_prob = self._sample_state_dependent(distribution, mean_actions, latent_pi)
+        return actions, log_prob if log_prob_out is None else log_prob_out.copy_(log_prob)
+
+    def _sample_state_dependent(
+        self, distribution: StateDependentNoiseDistribution, mean_actions: th.Tensor, latent_sde: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        gSDE: ``proba_distribution``, ``get_actions`` and ``log_prob`` of SB3's ``StateDependentNoiseDistribution``
+        by the same operations, without building its ``Normal``: the scale ``sqrt(latent² @ std² + epsilon)``, the
+        noise from the distribution's own exploration matrices (its ``get_noise``), ``tanh`` and its correction when
+        actions are squashed. ``get_std(log_std)²`` is kept while ``log_std`` is unchanged. The distribution object is
+        left as it was (SB3's loop leaves the last step's ``Normal`` in it; ``train()`` and ``predict`` rebuild it).
+        """
+        log_std = self.policy.log_std.detach()
+        with th.no_grad():  # the exploration matrices were sampled with autograd (a reparametrised draw)
+            if self._gaussian_terms is None or not th.equal(log_std, self._gaussian_terms[0]):
+                self._gaussian_terms = (log_std.clone(), distribution.get_std(log_std) ** 2)
+            scale = th.sqrt(th.mm(latent_sde**2, self._gaussian_terms[1]) + distribution.epsilon)
+            gaussian_actions = mean_actions + distribution.get_noise(latent_sde)
+            bijector = distribution.bijector
+            actions = gaussian_actions if bijector is None else bijector.forward(gaussian_actions)
+            if bijector is not None:  # log_prob starts from the inverse of the squashed actions, as SB3's does
+                gaussian_actions = bijector.inverse(actions)
+            # torch's Normal(mean_actions, scale).log_prob, summed over action dimensions
+            log_prob = (-((gaussian_actions - mean_actions) ** 2) / (2 * scale**2) - scale.log() - LOG_SQRT_2PI).sum(dim=1)
+            if bijector is not None:
+                log_prob -= th.sum(bijector.log_prob_correction(gaussian_actions), dim=1)
+        return actions, log_prob
+
+    def _sample_gaussian(self, mean_actions: th.Tensor, log_prob_out: th.Tensor | None) -> tuple[th.Tensor, th.Tensor]:
+        """
+        ``Normal(mean, ones_like(mean) * exp(log_std))``: ``rsample()`` and ``log_prob``, summed over action dimensions.
+
+        The same operations on the same values as torch's ``Normal`` (``loc + eps * scale``;
+        ``-((value - loc) ** 2) / (2 * var) - log(scale) - log(sqrt(2 pi))``), with the standard deviation's terms
+        broadcast over rows and kept while ``log_std`` is unchanged (one comparison per step): the negation moves
+        to the denominator, which IEEE division leaves bit for bit the same.
+        """
+        log_std = self.log_std
+        assert log_std is not None
+        if self._gaussian_terms is None or not th.equal(log_std, self._gaussian_terms[0]):
+            std = log_std.exp()
+            self._gaussian_terms = (log_std.clone(), std, -(2 * std**2), std.log())
+        _, std, negative_two_var, log_scale = self._gaussian_terms
+        actions = th.empty_like(mean_actions).normal_().mul_(std).add_(mean_actions)
+        log_prob = (actions - mean_actions).square_().div_(negative_two_var).sub_(log_scale).sub_(LOG_SQRT_2PI)
+        return actions, th.sum(log_prob, dim=1, out=log_prob_out)
+
+
+def _reads_flat_box_features(policy: ActorCriticPolicy) -> bool:
+    """
+    Whether the policy's features are its observations as ``float32``, flattened: a ``Box`` space (not an image
+    that ``preprocess_obs`` scales) read by SB3's ``FlattenExtractor`` (shared, or one for the actor and one for
+    the critic).
+    """
+    space = policy.observation_space
+    if not isinstance(space, spaces.Box) or (policy.normalize_images and is_image_space(space)):
+        return False
+    if policy.share_features_extractor:
+        extractors = [policy.features_extractor]
+    else:
+        extractors = [policy.pi_features_extractor, policy.vf_features_extractor]
+    return all(
+        type(extractor) is FlattenExtractor
+        and type(extractor.flatten) is nn.Flatten
+        and (extractor.flatten.start_dim, extractor.flatten.end_dim) == (1, -1)
+        for extractor in extractors
+    )
 
 
 def _sample_categorical(logits: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
     """``Categorical(logits=logits)``: one sample per row (``torch.multinomial``) and its log-probability."""
     normalized = logits - logits.logsumexp(dim=-1, keepdim=True)
-    actions = th.multinomial(F.softmax(normalized, dim=-1), 1, True).T.reshape(logits.shape[:-1])
-    return actions, normalized.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    # torch.multinomial(probs, 1, True) gives the (rows, 1) int64 indices that Categorical.sample transposes and
+    # reshapes to (rows,) and log_prob unsqueezes back: the same values, taken as they are
+    samples = th.multinomial(normalized.softmax(dim=-1), 1, True)
+    return samples.view(logits.shape[:-1]), normalized.gather(-1, samples).squeeze(-1)
 
 
 def collect_rollouts(
@@ -243,14 +361,28 @@ def collect_rollouts(
         self.policy.reset_noise(env.num_envs)
 
     callback.on_rollout_start()
+    # SB3's own RolloutBuffer on the CPU: the forward pass writes values and log-probabilities into its arrays
+    buffer_rows = _buffer_rows(rollout_buffer, forward)
 
     while n_steps < n_rollout_steps:
         if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
             self.policy.reset_noise(env.num_envs)
 
-        with th.no_grad():
+        if buffer_rows is not None and isinstance(self._last_obs, np.ndarray):
+            obs_tensor: PyTorchObs = th.from_numpy(self._last_obs)  # what obs_as_tensor gives on the CPU, cheaper
+        else:
             obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-            action_tensor, values, log_probs = forward(obs_tensor)
+        if buffer_rows is None:
+            action_tensor, values, log_probs = forward(self._last_obs, obs_tensor)  # type: ignore[arg-type]
+        else:
+            value_rows, log_prob_rows = buffer_rows
+            position = rollout_buffer.pos
+            action_tensor, values, log_probs = forward(
+                self._last_obs,  # type: ignore[arg-type]
+                obs_tensor,
+                value_rows[position],
+                log_prob_rows[position],
+            )
         actions = action_tensor.cpu().numpy()
 
         clipped_actions = actions
@@ -258,7 +390,8 @@ def collect_rollouts(
             if self.policy.squash_output:
                 clipped_actions = self.policy.unscale_action(clipped_actions)
             else:
-                clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+                # np.clip's own call, without its dispatch layer
+                clipped_actions = actions.clip(self.action_space.low, self.action_space.high)
 
         new_obs, rewards, dones, infos = env.step(clipped_actions)
 
@@ -282,14 +415,17 @@ def collect_rollouts(
                     terminal_value = self.policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
                 rewards[idx] += self.gamma * terminal_value
 
-        rollout_buffer.add(
-            self._last_obs,  # type: ignore[arg-type]
-            actions,
-            rewards,
-            self._last_episode_starts,  # type: ignore[arg-type]
-            values,
-            log_probs,
-        )
+        if buffer_rows is None:
+            rollout_buffer.add(
+                self._last_obs,  # type: ignore[arg-type]
+                actions,
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                values,
+                log_probs,
+            )
+        else:
+            _add_written_step(rollout_buffer, self._last_obs, actions, rewards, self._last_episode_starts)  # type: ignore[arg-type]
         self._last_obs = new_obs  # type: ignore[assignment]
         self._last_episode_starts = dones
 
@@ -303,3 +439,33 @@ def collect_rollouts(
     callback.on_rollout_end()
 
     return True
+
+
+def _buffer_rows(rollout_buffer: RolloutBuffer, forward: LeanForward) -> tuple[th.Tensor, th.Tensor] | None:
+    """
+    :return: tensors sharing memory with the buffer's ``values`` (as ``(n_steps, n_envs, 1)``) and ``log_probs``,
+        for the forward pass to write a step's values and log-probabilities into; ``None`` unless the buffer is
+        SB3's ``RolloutBuffer`` itself (a subclass may change ``add``) and the policy is on the CPU
+    """
+    if type(rollout_buffer) is not RolloutBuffer or forward.value_head[0].device.type != "cpu":
+        return None
+    return th.from_numpy(rollout_buffer.values).unsqueeze(-1), th.from_numpy(rollout_buffer.log_probs)
+
+
+def _add_written_step(
+    rollout_buffer: RolloutBuffer, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, episode_starts: np.ndarray
+) -> None:
+    """
+    ``RolloutBuffer.add`` (SB3 2.9) for a step whose values and log-probabilities the forward pass wrote already:
+    the same reshapes and casts into the buffer's arrays, without ``add``'s intermediate copies.
+    """
+    position = rollout_buffer.pos
+    if isinstance(rollout_buffer.observation_space, spaces.Discrete):
+        obs = obs.reshape((rollout_buffer.n_envs, *rollout_buffer.obs_shape))
+    rollout_buffer.observations[position] = obs
+    rollout_buffer.actions[position] = actions.reshape((rollout_buffer.n_envs, rollout_buffer.action_dim))
+    rollout_buffer.rewards[position] = rewards
+    rollout_buffer.episode_starts[position] = episode_starts
+    rollout_buffer.pos += 1
+    if rollout_buffer.pos == rollout_buffer.buffer_size:
+        rollout_buffer.full = True

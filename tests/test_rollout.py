@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from sb3_npg import NPG
-from sb3_npg.rollout import LeanForward
+from sb3_npg.rollout import LeanForward, _reads_flat_box_features
 from tests.envs import ACTION_SPACES, ToyEnv, image_space
 
 BUFFER_FIELDS = ("observations", "actions", "rewards", "episode_starts", "values", "log_probs", "advantages", "returns")
@@ -144,6 +146,12 @@ def test_same_rollouts_with_gsde(n_envs: int, sde_sample_freq: int) -> None:
     check_equivalent(ACTION_SPACES["box6d"], n_envs, use_sde=True, sde_sample_freq=sde_sample_freq)
 
 
+@pytest.mark.parametrize("policy_kwargs", [dict(use_expln=True), dict(full_std=False)], ids=["expln", "reduced_std"])
+def test_same_rollouts_with_gsde_options(policy_kwargs: dict[str, Any]) -> None:
+    """gSDE's other standard deviations (``expln``, one per latent feature) come from SB3's own ``get_std``."""
+    check_equivalent(ACTION_SPACES["box6d"], 4, use_sde=True, sde_sample_freq=4, policy_kwargs=policy_kwargs)
+
+
 def test_same_rollouts_with_gsde_squashed_actions() -> None:
     """Squashed gSDE actions are unscaled to the bounds of the action space (here not [-1, 1])."""
     action_space = spaces.Box(np.array([-2, 0], np.float32), np.array([3, 0.5], np.float32))
@@ -182,6 +190,68 @@ def test_same_rollouts_with_other_mlp_shapes(policy_kwargs: dict[str, Any]) -> N
     check_equivalent(ACTION_SPACES["discrete"], 2, policy_kwargs=policy_kwargs)
 
 
+class LinearExtractor(BaseFeaturesExtractor):
+    """A features extractor with parameters of its own (the lean pass calls it, under ``no_grad``)."""
+
+    def __init__(self, observation_space: spaces.Box):
+        super().__init__(observation_space, features_dim=5)
+        self.linear = nn.Linear(int(np.prod(observation_space.shape)), 5)
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return th.tanh(self.linear(observations.flatten(1)))
+
+
+@pytest.mark.filterwarnings("ignore:NPG's critic does not train a shared features extractor")
+@pytest.mark.parametrize(
+    ("observation_space", "policy_kwargs"),
+    [
+        (spaces.Box(-1, 1, (2, 3), np.float32), {}),
+        (spaces.Box(-1, 1, (4,), np.float64), {}),
+        (image_space((6, 6, 1)), {}),
+        (image_space((6, 6, 1)), dict(normalize_images=False)),
+        (spaces.Box(-5, 5, (3,), np.int64), {}),
+        (spaces.Discrete(5), {}),
+        (spaces.Box(-1, 1, (4,), np.float32), dict(features_extractor_class=LinearExtractor)),
+    ],
+    ids=["box_2d", "box_float64", "image_scaled", "image_unscaled", "box_int64", "discrete", "extractor_with_parameters"],
+)
+def test_same_rollouts_with_other_observations(observation_space: spaces.Space, policy_kwargs: dict[str, Any]) -> None:
+    """Features read from the observation array (flattened, cast to float32) or through SB3's extractor, as SB3 does."""
+    check_equivalent(ACTION_SPACES["box6d"], 4, observation_space, policy_kwargs=policy_kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:NPG's critic does not train a shared features extractor")
+def test_features_are_read_from_the_array_only_for_flattened_box_observations() -> None:
+    """The observations are the features for a Box space read by FlattenExtractor, unless preprocess_obs scales images."""
+
+    def reads_array(observation_space: spaces.Space, **policy_kwargs: Any) -> bool:
+        model = NPG("MlpPolicy", ToyEnv(ACTION_SPACES["discrete"], observation_space), policy_kwargs=policy_kwargs)
+        return _reads_flat_box_features(model.policy)
+
+    assert reads_array(spaces.Box(-1, 1, (3,), np.float32))
+    assert reads_array(spaces.Box(-1, 1, (2, 3), np.float32), share_features_extractor=False)
+    assert reads_array(image_space((6, 6, 1)), normalize_images=False)
+    assert not reads_array(image_space((6, 6, 1)))
+    assert not reads_array(spaces.Discrete(5))
+    assert not reads_array(spaces.Box(-1, 1, (4,), np.float32), features_extractor_class=LinearExtractor)
+
+
+class CountingRolloutBuffer(RolloutBuffer):
+    """A user's buffer subclass: its ``add`` may do more than SB3's, so it must be called at every step."""
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        self.calls = getattr(self, "calls", 0) + 1
+        super().add(*args, **kwargs)
+
+
+def test_rollout_buffer_subclass_keeps_its_add() -> None:
+    """The step is written into the buffer's arrays directly only for SB3's RolloutBuffer itself."""
+    fast = train(NPG, ACTION_SPACES["box6d"], 2, rollout_buffer_class=CountingRolloutBuffer)
+    assert all(fast[1].fast_path) and fast[0].rollout_buffer.calls == 2 * 24
+    sb3 = train(NPGWithSB3Rollout, ACTION_SPACES["box6d"], 2, rollout_buffer_class=CountingRolloutBuffer)
+    assert_same_training(fast, sb3)
+
+
 def test_callback_stopping_the_rollout_stops_both_paths_alike() -> None:
     """``on_step`` returning ``False`` ends the rollout and ``learn`` at the same step, with the same state."""
     fast = train(NPG, ACTION_SPACES["box1d"], 2, stop_after=10)
@@ -200,12 +270,13 @@ class StdAnnealer(BufferRecorder):
         return super()._on_step()
 
 
-def test_parameters_changed_by_a_callback_mid_rollout_are_used_at_the_next_step() -> None:
+@pytest.mark.parametrize("use_sde", [False, True], ids=["gaussian", "gsde"])
+def test_parameters_changed_by_a_callback_mid_rollout_are_used_at_the_next_step(use_sde: bool) -> None:
     """A callback moving the policy's parameters between steps acts on both paths at the same step."""
     results = []
     for model_class in (NPG, NPGWithSB3Rollout):
         env = make_vec_env(lambda: ToyEnv(ACTION_SPACES["box6d"], episode_length=7), n_envs=2, seed=3)
-        model = model_class("MlpPolicy", env, n_steps=24, batch_size=24, n_critic_updates=2, seed=0)
+        model = model_class("MlpPolicy", env, n_steps=24, batch_size=24, n_critic_updates=2, seed=0, use_sde=use_sde)
         recorder = StdAnnealer()
         model.learn(48, callback=recorder)
         results.append((model, recorder, {"torch": th.get_rng_state(), "numpy": np.random.get_state()}))
