@@ -21,7 +21,7 @@ from torch import nn
 from torch.distributions import Categorical, Normal, kl_divergence
 from torch.func import functional_call
 
-from sb3_npg import RecurrentNPG
+from sb3_npg import NPG, RecurrentNPG
 from sb3_npg.fisher import action_distribution, make_fisher, mean_summed_kl, policy_gradient, policy_jacobian
 from sb3_npg.recurrent import SequenceBatch
 from tests.dense import actor_names, flat_actor
@@ -295,3 +295,22 @@ def test_cnn_lstm_policy_learns_on_images() -> None:
     observation = model.observation_space.sample()[None]
     _, states = model.predict(observation, episode_start=np.ones(1, dtype=bool))
     assert states[0].shape == (1, 1, 8)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_load_with_the_wrong_npg_class_names_the_right_one(tmp_path, trusted: bool) -> None:
+    recurrent = RecurrentNPG("MlpLstmPolicy", "CartPole-v1", n_steps=16, batch_size=16, policy_kwargs=POLICY_KWARGS)
+    recurrent.save(tmp_path / "recurrent.zip")
+    feed_forward = NPG("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16)
+    feed_forward.save(tmp_path / "feed_forward.zip")
+    with pytest.raises(
+        ValueError, match=r"saved by RecurrentNPG \(an LSTM policy\): NPG.load cannot rebuild it, use RecurrentNPG.load"
+    ):
+        NPG.load(tmp_path / "recurrent.zip", env=feed_forward.get_env(), trusted=trusted)
+    with pytest.raises(
+        ValueError, match=r"saved by NPG \(a policy without LSTM\): RecurrentNPG.load cannot rebuild it, use NPG.load"
+    ):
+        RecurrentNPG.load(tmp_path / "feed_forward.zip", env=recurrent.get_env(), trusted=trusted)
+    assert type(RecurrentNPG.load(tmp_path / "recurrent.zip", env=recurrent.get_env(), trusted=trusted).policy) is type(
+        recurrent.policy
+    )
