@@ -28,6 +28,12 @@ file; tables and figures use the current runs (a stale one only where no current
     nice -n 10 python benchmarks/rewards.py                    # everything (classic, box2d, mujoco)
     python benchmarks/rewards.py --plot-only                   # redraw the figures and the table
     python benchmarks/rewards.py --adopt <zoo_run.py log folder>  # record a run made outside the suite
+    nice -n 10 python benchmarks/rewards.py --envs recurrent   # memory: npg_lstm, ppo_lstm, npg on NoVel envs
+
+The ``recurrent`` group (velocity-masked envs of the RL Zoo, at RecurrentPPO's Zoo budgets) is not part of the
+default run; its runs compare RecurrentNPG (``npg_lstm``, the shipped ``npg_lstm.yml``) with RecurrentPPO
+(``ppo_lstm``, the Zoo's own entries) and feed-forward NPG (``npg``, the full env's ``npg.yml`` entry), and are
+recorded apart, in ``benchmarks/results/recurrent/`` (``rewards.jsonl``, ``summary.md``, ``curves_recurrent.png``).
 
 A variant of the NPG entries (``--hyperparams KEY:VALUE ...``, passed on to the Zoo as overrides, e.g.
 ``--hyperparams "step_length:'exact'" --algos npg``) is recorded apart, in
@@ -69,9 +75,18 @@ BUDGETS: dict[str, tuple[str, int]] = {
     "HalfCheetah-v5": ("mujoco", 1_000_000),
     "Hopper-v5": ("mujoco", 1_000_000),
     "Walker2d-v5": ("mujoco", 1_000_000),
+    "CartPoleNoVel-v1": ("recurrent", 100_000),
+    "PendulumNoVel-v1": ("recurrent", 100_000),
+    "MountainCarContinuousNoVel-v0": ("recurrent", 300_000),
 }
 GROUPS = ("classic", "box2d", "mujoco")
+RECURRENT_GROUP = "recurrent"
+"""Velocity-masked envs (partial observation), at RecurrentPPO's RL Zoo budgets; run only when asked for."""
 ALGOS = ("npg", "trpo", "ppo", "a2c")
+RECURRENT_ALGOS = ("npg_lstm", "ppo_lstm", "npg")
+"""The algorithms run on the recurrent group by default: memory (NPG, PPO) and NPG without it."""
+COMPARISONS = (("npg", "trpo"), ("npg_lstm", "ppo_lstm"))
+"""Differences of means shown in the summary table, where both algorithms have runs."""
 QUICK_ENVS = ("CartPole-v1", "Pendulum-v1")
 QUICK_STEPS = 10_000
 
@@ -95,10 +110,12 @@ def machine() -> dict[str, Any]:
 
 
 def expand_envs(names: Iterable[str]) -> list[str]:
-    """Env ids, with group names (classic, box2d, mujoco) expanded."""
+    """Env ids, with group names (classic, box2d, mujoco, recurrent) expanded."""
     envs: list[str] = []
     for name in names:
-        members = [env for env, (group, _) in BUDGETS.items() if group == name] if name in GROUPS else [name]
+        members = (
+            [env for env, (group, _) in BUDGETS.items() if group == name] if name in (*GROUPS, RECURRENT_GROUP) else [name]
+        )
         envs.extend(env for env in members if env not in envs)
     return envs
 
@@ -382,6 +399,12 @@ def group_results(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[d
     return grouped
 
 
+def algo_order(algo: str) -> tuple[int, str]:
+    """Sort key of the algorithms in tables and figures: NPG and its baselines, then the recurrent ones, then variants."""
+    known = (*ALGOS, *RECURRENT_ALGOS[:2])
+    return (known.index(algo) if algo in known else len(known), algo)
+
+
 def plot_curves(results: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path]:
     """One figure per env group: for each env and algo, mean ± std over seeds of the evaluation return."""
     import matplotlib
@@ -392,17 +415,22 @@ def plot_curves(results: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pa
     grouped = group_results(results)
     envs = [env for env in BUDGETS if any(key[0] == env for key in grouped)]
     envs += sorted({env for env, _ in grouped} - set(envs))
-    colors = {"npg": "tab:red", "trpo": "tab:blue", "ppo": "tab:green", "a2c": "tab:orange"}
+    colors = {
+        "npg": "tab:red",
+        "trpo": "tab:blue",
+        "ppo": "tab:green",
+        "a2c": "tab:orange",
+        "npg_lstm": "tab:purple",
+        "ppo_lstm": "tab:olive",
+    }
     figures = []
-    for group in (*GROUPS, "other"):
+    for group in (*GROUPS, RECURRENT_GROUP, "other"):
         members = [env for env in envs if BUDGETS.get(env, ("other", 0))[0] == group]
         if not members:
             continue
         fig, axes = plt.subplots(1, len(members), figsize=(4.2 * len(members), 3.4), squeeze=False)
         for ax, env in zip(axes[0], members, strict=True):
-            for algo in sorted(
-                {a for e, a in grouped if e == env}, key=lambda a: (ALGOS.index(a) if a in ALGOS else len(ALGOS), a)
-            ):
+            for algo in sorted({a for e, a in grouped if e == env}, key=algo_order):
                 runs = [r for r in grouped[(env, algo)] if r["curve_steps"]]
                 if not runs:
                     continue
@@ -426,16 +454,20 @@ def plot_curves(results: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pa
 
 
 def summary_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table: mean ± std over seeds of the final return, per-seed values, NPG - TRPO (and NPG variants - NPG)."""
+    """
+    Markdown table: mean ± std over seeds of the final return, per-seed values, NPG - TRPO (and NPG variants - NPG);
+    with recurrent runs, NPG_LSTM - PPO_LSTM (each difference of :data:`COMPARISONS` whose two algorithms have runs).
+    """
     grouped = group_results(results)
     envs = [env for env in BUDGETS if any(key[0] == env for key in grouped)]
     envs += sorted({env for env, _ in grouped} - set(envs))
-    algos = [a for a in ALGOS if any(key[1] == a for key in grouped)]
-    algos += sorted({a for _, a in grouped} - set(algos))
+    algos = sorted({a for _, a in grouped}, key=algo_order)
     variants = [a for a in algos if a.startswith("npg[")]
-    header = "| env | steps | " + " | ".join(a.upper() for a in algos) + " | NPG - TRPO |"
+    comparisons = [pair for pair in COMPARISONS if set(pair) <= set(algos)] or [COMPARISONS[0]]
+    header = "| env | steps | " + " | ".join(a.upper() for a in algos) + " |"
+    header += "".join(f" {a.upper()} - {b.upper()} |" for a, b in comparisons)
     header += "".join(f" {a.upper()} - NPG |" for a in variants)
-    lines = [header, "|" + "---|" * (len(algos) + 3 + len(variants))]
+    lines = [header, "|" + "---|" * (len(algos) + 2 + len(comparisons) + len(variants))]
     any_stale = False
     for env in envs:
         steps = sorted({run_key(r)[3] for a in algos for r in grouped.get((env, a), [])})
@@ -450,7 +482,7 @@ def summary_table(results: list[dict[str, Any]]) -> str:
             per_seed = " / ".join(f"{r['final_mean_return']:.0f}{'' if is_current(r) else '†'}" for r in runs)
             any_stale = any_stale or not all(is_current(r) for r in runs)
             cells.append(f"**{np.mean(values):.0f}** ± {np.std(values):.0f} <br><sub>{per_seed}</sub>")
-        diff = f"{means['npg'] - means['trpo']:+.0f}" if {"npg", "trpo"} <= means.keys() else "-"
+        diff = " | ".join(f"{means[a] - means[b]:+.0f}" if {a, b} <= means.keys() else "-" for a, b in comparisons)
         diff += "".join(f" | {means[a] - means['npg']:+.0f}" if {"npg", a} <= means.keys() else " | -" for a in variants)
         lines.append(
             f"| {env} | {'/'.join(f'{s:.0e}'.replace('e+0', 'e') for s in steps)} | " + " | ".join(cells) + f" | {diff} |"
@@ -471,8 +503,15 @@ def summary_table(results: list[dict[str, Any]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK_ENVS)}, seed 0, {QUICK_STEPS} steps")
-    parser.add_argument("--algos", nargs="+", default=list(ALGOS), help="default: %(default)s")
-    parser.add_argument("--envs", nargs="+", default=None, help=f"env ids or groups {GROUPS} (default: all)")
+    parser.add_argument(
+        "--algos",
+        nargs="+",
+        default=None,
+        help=f"default: {' '.join(ALGOS)} ({' '.join(RECURRENT_ALGOS)} on the recurrent group)",
+    )
+    parser.add_argument(
+        "--envs", nargs="+", default=None, help=f"env ids or groups {(*GROUPS, RECURRENT_GROUP)} (default: all but recurrent)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (quick: 0)")
     parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="override every env's budget")
     parser.add_argument("--eval-freq", type=int, default=-1, help="steps between curve evaluations (-1: budget / 10)")
@@ -502,11 +541,13 @@ def main() -> int:
     variant = tuple(args.hyperparams)
     # e.g. variants/step_length=exact: no quotes, colons or slashes in the folder name
     variant_dir = pathlib.Path("variants", ",".join(variant).translate(str.maketrans({"'": "", '"': "", ":": "=", "/": "-"})))
-    out_dir = HERE / "logs" / "quick" if args.quick else HERE / "results"
+    envs = expand_envs(args.envs or (QUICK_ENVS if args.quick else GROUPS))
+    recurrent = all(BUDGETS.get(env, ("other", 0))[0] == RECURRENT_GROUP for env in envs)
+    algos = args.algos or list(RECURRENT_ALGOS if recurrent else ALGOS)
+    out_dir = HERE / "logs" / "quick" if args.quick else HERE / "results" / (RECURRENT_GROUP if recurrent else "")
     results_path = args.results or out_dir / (variant_dir if variant else "") / "rewards.jsonl"
     out_dir = results_path.parent
     log_root = args.log_root or HERE / "logs" / ("quick" if args.quick else "runs") / (variant_dir if variant else "")
-    envs = expand_envs(args.envs or (QUICK_ENVS if args.quick else GROUPS))
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     unknown = [env for env in envs if env not in BUDGETS and args.n_timesteps is None]
     if unknown:
@@ -517,7 +558,7 @@ def main() -> int:
         failures += adopt_run(run_dir, results_path, variant)
     if not args.plot_only and not args.adopt:
         budget = {env: args.n_timesteps or (QUICK_STEPS if args.quick else BUDGETS[env][1]) for env in envs}
-        keys = [(algo, env, seed, budget[env]) for env in envs for seed in seeds for algo in args.algos]
+        keys = [(algo, env, seed, budget[env]) for env in envs for seed in seeds for algo in algos]
         runner = Runner(log_root, args.eval_freq, verbose=0, variant=variant)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on `kill` as on Ctrl-C
         try:

@@ -14,9 +14,11 @@ Atari, as the Zoo evaluates Atari), and it
 writes everything a results table needs into ``<log-folder>/result.json``. ``result.json`` is written
 last, only after a complete run: its presence means the run finished.
 
-Hyperparameters: NPG reads the shipped ``sb3_npg/hyperparams/npg.yml``; the other algorithms read the
-RL Zoo's own files. An env missing from a file but present there as ``-v4`` (the Zoo's MuJoCo entries
-for TRPO, PPO and A2C) is trained with that ``-v4`` entry, unchanged, and the result says so.
+Hyperparameters: NPG reads the shipped ``sb3_npg/hyperparams/npg.yml`` (RecurrentNPG, ``--algo npg_lstm``,
+``npg_lstm.yml``); the other algorithms read the RL Zoo's own files. An env missing from a file but present there
+as ``-v4`` (the Zoo's MuJoCo entries for TRPO, PPO and A2C) is trained with that ``-v4`` entry, unchanged, and the
+result says so; likewise a velocity-masked env (``CartPoleNoVel-v1``) missing from a file is trained with the
+full env's entry (``CartPole-v1``: feed-forward NPG on the masked envs, to show what memory buys).
 """
 
 import argparse
@@ -37,13 +39,16 @@ from stable_baselines3.common.callbacks import BaseCallback
 #: The per-update log of a run, in its log folder.
 UPDATE_LOG = "updates.csv.gz"
 
+NPG_ALGOS = ("npg", "npg_lstm")
+"""The algorithms of sb3_npg (registered in the Zoo by ``sb3_npg.zoo.register``), with their shipped files."""
+
 
 def zoo_config(algo: str) -> pathlib.Path:
-    """The hyperparameter file used for ``algo``: NPG's shipped one, else the RL Zoo's own."""
-    if algo == "npg":
+    """The hyperparameter file used for ``algo``: NPG's (or RecurrentNPG's) shipped one, else the RL Zoo's own."""
+    if algo in NPG_ALGOS:
         import sb3_npg
 
-        return pathlib.Path(sb3_npg.__file__).parent / "hyperparams" / "npg.yml"
+        return pathlib.Path(sb3_npg.__file__).parent / "hyperparams" / f"{algo}.yml"
     import rl_zoo3
 
     return pathlib.Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml"
@@ -51,8 +56,9 @@ def zoo_config(algo: str) -> pathlib.Path:
 
 def config_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]] | None:
     """
-    The entry of ``algo``'s config file used for ``env_id``: its own, else its ``-v4`` sibling's, else (an
-    Atari game) the ``atari`` entry, as the Zoo picks it; ``None`` if none applies.
+    The entry of ``algo``'s config file used for ``env_id``: its own, else its ``-v4`` sibling's, else (a
+    velocity-masked ``NoVel`` env) the full env's, else (an Atari game) the ``atari`` entry, as the Zoo picks it;
+    ``None`` if none applies.
     """
     with open(zoo_config(algo)) as file:
         entries = yaml.safe_load(file)
@@ -62,6 +68,9 @@ def config_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]] | None:
     sibling = f"{name}-v4"
     if version != "4" and sibling in entries:
         return sibling, entries[sibling]
+    full_observation = env_id.replace("NoVel-", "-")
+    if full_observation != env_id and full_observation in entries:
+        return full_observation, entries[full_observation]
     if "atari" in entries and is_atari(env_id):
         return "atari", entries["atari"]
     return None
@@ -79,8 +88,8 @@ def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathl
     """
     The config file to pass to the Zoo and the entry it will use for ``env_id``.
 
-    If the env has no entry but its ``-v4`` sibling has one, a copy of the file with that entry under
-    the requested name is written into ``run_dir`` (same settings, nothing else changed).
+    If the env has no entry but its ``-v4`` sibling (or, for a ``NoVel`` env, the full env) has one, a copy of the
+    file with that entry under the requested name is written into ``run_dir`` (same settings, nothing else changed).
     """
     config = zoo_config(algo)
     found = config_entry(algo, env_id)
@@ -97,7 +106,7 @@ def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathl
 
 
 def register_npg() -> None:
-    """Add NPG to the RL Zoo (``sb3_npg.zoo.register``, idempotent)."""
+    """Add NPG and RecurrentNPG to the RL Zoo (``sb3_npg.zoo.register``, idempotent)."""
     if importlib.util.find_spec("sb3_npg.zoo") is None:
         raise RuntimeError("sb3_npg.zoo (the RL Zoo bridge) is not available in this checkout")
     from sb3_npg.zoo import register
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rl_zoo3.exp_manager import ExperimentManager
 
     run_dir = pathlib.Path(args.log_folder)
-    if args.algo == "npg":
+    if args.algo in NPG_ALGOS:
         register_npg()
     config, entry = resolve_config(args.algo, args.env, run_dir)
     eval_freq = args.eval_freq if args.eval_freq > 0 else max(args.n_timesteps // 10, 1)

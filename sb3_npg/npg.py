@@ -47,6 +47,7 @@ from sb3_npg.save_load import (
     UntrustedLoadError,
     atomic_save_file,
     check_saved_by_npg,
+    loads_recurrent_policies,
     optimizer_state_fits,
     read_parameters,
     read_save_file,
@@ -558,7 +559,7 @@ class NPG(OnPolicyAlgorithm):
             cannot be read that way raises ``ValueError``.
         """
         save_file = read_save_file(path)
-        check_saved_by_npg(save_file, cls.__name__)
+        check_saved_by_npg(save_file, cls.__name__, recurrent=loads_recurrent_policies(cls))
         if trusted:
             stream = save_file.stream()
         else:

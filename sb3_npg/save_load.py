@@ -218,13 +218,39 @@ def saved_algorithm(attributes: Mapping[str, Any]) -> str:
     return "an unknown algorithm"
 
 
-def check_saved_by_npg(save_file: SaveFile, algorithm_name: str) -> None:
+def saved_policy_is_recurrent(save_file: SaveFile) -> bool:
     """
-    Refuse another algorithm's save file before loading it as NPG (its hyperparameters and optimiser do not fit).
+    Whether the policy of a save file has an LSTM (sb3-contrib's ``RecurrentActorCriticPolicy``: ``RecurrentNPG``),
+    told from the parameter names of its ``policy.pth`` (read with ``torch.load(weights_only=True)``).
+
+    :param save_file: the file read by :func:`read_save_file`
+    """
+    content = save_file.members.get("policy.pth")
+    if content is None:
+        return False
+    try:
+        state = load_tensors("policy.pth", content, save_file.name)
+    except UntrustedLoadError:  # not plain weights: left to the load itself (refused when untrusted)
+        return False
+    return isinstance(state, Mapping) and any(str(name).startswith("lstm_actor.") for name in state)
+
+
+def loads_recurrent_policies(algorithm: type[BaseAlgorithm]) -> bool:
+    """Whether ``algorithm``'s policies have an LSTM (sb3-contrib's ``RecurrentActorCriticPolicy``)."""
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    return any(issubclass(policy, RecurrentActorCriticPolicy) for policy in algorithm.policy_aliases.values())
+
+
+def check_saved_by_npg(save_file: SaveFile, algorithm_name: str, recurrent: bool = False) -> None:
+    """
+    Refuse another algorithm's save file before loading it as NPG (its hyperparameters and optimiser do not fit),
+    and an LSTM policy's file loaded by a feed-forward NPG class or the other way round.
 
     :param save_file: the file read by :func:`read_save_file`
     :param algorithm_name: the loading class's name, for the message
-    :raises ValueError: naming the algorithm found and pointing to ``set_parameters``
+    :param recurrent: whether the loading class's policies have an LSTM (``RecurrentNPG``)
+    :raises ValueError: naming the algorithm found and pointing to ``set_parameters``, or to the class to load with
     """
     found = saved_algorithm(save_file.data)
     if found != "NPG":
@@ -233,6 +259,15 @@ def check_saved_by_npg(save_file: SaveFile, algorithm_name: str) -> None:
             f"algorithm's model (its hyperparameters and optimiser state do not fit). To start {algorithm_name} from "
             "its policy, create the model with the same policy_kwargs and load the weights: "
             f'model = {algorithm_name}("MlpPolicy", env, policy_kwargs=...); model.set_parameters(path)'
+        )
+    if saved_policy_is_recurrent(save_file) != recurrent:
+        saved_by, load_with = (
+            ("RecurrentNPG (an LSTM policy)", "RecurrentNPG.load")
+            if not recurrent
+            else ("NPG (a policy without LSTM)", "NPG.load")
+        )
+        raise ValueError(
+            f"'{save_file.name}' was saved by {saved_by}: {algorithm_name}.load cannot rebuild it, use {load_with}"
         )
 
 

@@ -3,12 +3,13 @@
 
 Every ``rl_zoo3.train`` option works (``-n``, ``--seed``, ``-f``, ``--eval-freq``, ``-optimize``,
 ``--storage``, ``--study-name``, ``--trial-id``, ``--hyperparams``, ...). The defaults differ in two places:
-``--algo`` is ``npg``, and without ``--conf-file`` the shipped ``sb3_npg/hyperparams/npg.yml`` is used.
+``--algo`` is ``npg``, and without ``--conf-file`` the shipped ``sb3_npg/hyperparams/npg.yml`` is used
+(``sb3_npg/hyperparams/npg_lstm.yml`` for ``--algo npg_lstm``, RecurrentNPG).
 """
 
 import sys
 
-from sb3_npg.zoo import ALGO_NAME, HYPERPARAMS_PATH, algo_of, run_zoo_script
+from sb3_npg.zoo import ALGO_NAME, HYPERPARAMS_PATHS, algo_of, run_zoo_script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     defaults = {"--algo": ["--algo", ALGO_NAME]}
-    if algo_of(argv) == ALGO_NAME:
-        defaults["-conf,--conf-file"] = ["--conf-file", str(HYPERPARAMS_PATH)]
+    if algo_of(argv) in HYPERPARAMS_PATHS:
+        defaults["-conf,--conf-file"] = ["--conf-file", str(HYPERPARAMS_PATHS[algo_of(argv)])]
     return run_zoo_script("python -m sb3_npg.train", "rl_zoo3.train", "train", argv, defaults)
 
 

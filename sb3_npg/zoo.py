@@ -2,14 +2,17 @@
 The RL Zoo bridge: NPG as a first-class algorithm of ``rl_zoo3``.
 
 :func:`register` (idempotent, and the only function with side effects) adds NPG under the name
-``"npg"`` to everything ``rl_zoo3`` looks up by algorithm name:
+``"npg"`` and RecurrentNPG (LSTM policies) under ``"npg_lstm"`` (as the Zoo names RecurrentPPO ``"ppo_lstm"``)
+to everything ``rl_zoo3`` looks up by algorithm name (:data:`ALGORITHMS`):
 
-- ``rl_zoo3.utils.ALGOS["npg"] = NPG`` (training, ``enjoy``, ``record_video``, ``push_to_hub``);
-- ``rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER["npg"]``: the Optuna search space (:func:`sample_npg_params`);
-- ``rl_zoo3.hyperparams_opt.HYPERPARAMS_CONVERTER["npg"]``: sampled values back to hyperparameters, for
-  ``--trial-id`` (:func:`convert_npg_params`).
+- ``rl_zoo3.utils.ALGOS["npg"] = NPG``, ``ALGOS["npg_lstm"] = RecurrentNPG`` (training, ``enjoy``,
+  ``record_video``, ``push_to_hub``);
+- ``rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER``: the Optuna search spaces (:func:`sample_npg_params`,
+  :func:`sample_npg_lstm_params`, which adds the LSTM options);
+- ``rl_zoo3.hyperparams_opt.HYPERPARAMS_CONVERTER``: sampled values back to hyperparameters, for
+  ``--trial-id`` (:func:`convert_npg_params`, which also converts the LSTM options).
 
-It also wraps six methods of ``rl_zoo3.exp_manager.ExperimentManager``, active for ``algo == "npg"`` only:
+It also wraps six methods of ``rl_zoo3.exp_manager.ExperimentManager``, active for these two algorithms only:
 
 - ``read_hyperparameters``: the YAML entry (after ``--hyperparams`` overrides) is checked with
   :func:`check_hyperparameters`, so an unknown key or a value out of range fails before any file is written;
@@ -44,12 +47,25 @@ from stable_baselines3.common.callbacks import CheckpointCallback
 
 from sb3_npg.fisher import FISHER_BACKENDS
 from sb3_npg.npg import NPG, STEP_LENGTHS
+from sb3_npg.recurrent import RecurrentNPG
 
 ALGO_NAME = "npg"
 """The algorithm's name in RL Zoo (``--algo npg``)."""
 
+RECURRENT_ALGO_NAME = "npg_lstm"
+"""RecurrentNPG's name in RL Zoo (``--algo npg_lstm``), as RecurrentPPO is ``ppo_lstm``."""
+
+ALGORITHMS: dict[str, type[NPG]] = {ALGO_NAME: NPG, RECURRENT_ALGO_NAME: RecurrentNPG}
+"""Every algorithm :func:`register` adds to RL Zoo, by its Zoo name."""
+
 HYPERPARAMS_PATH = Path(__file__).parent / "hyperparams" / "npg.yml"
 """The shipped hyperparameters, used when no ``--conf-file`` is given."""
+
+HYPERPARAMS_PATHS: dict[str, Path] = {
+    ALGO_NAME: HYPERPARAMS_PATH,
+    RECURRENT_ALGO_NAME: Path(__file__).parent / "hyperparams" / "npg_lstm.yml",
+}
+"""The shipped hyperparameter file of each algorithm of :data:`ALGORITHMS`."""
 
 INSTALL_HINT = 'RL Zoo support needs the "zoo" extra: pip install -e ".[zoo]" (or pip install "sb3_npg[zoo]")'
 
@@ -77,6 +93,13 @@ NET_ARCHS = {
     "medium": {"pi": [256, 256], "vf": [256, 256]},
 }
 ACTIVATIONS = ("tanh", "relu")
+LSTM_HIDDEN_SIZES = (16, 32, 64, 128, 256)
+# How the critic gets its memory: sampled as one choice, since sb3-contrib forbids shared_lstm with enable_critic_lstm.
+CRITIC_LSTMS = {
+    "own": {"enable_critic_lstm": True, "shared_lstm": False},
+    "shared": {"enable_critic_lstm": False, "shared_lstm": True},
+    "none": {"enable_critic_lstm": False, "shared_lstm": False},
+}
 
 _WRAPPED_MARKER = "_sb3_npg_wrapped"
 
@@ -94,9 +117,13 @@ def _require_zoo() -> None:
         raise ImportError(f"{INSTALL_HINT} ({error})") from error
 
 
-def npg_arguments() -> frozenset[str]:
-    """The names of the NPG constructor arguments a YAML entry may set."""
-    return frozenset(inspect.signature(NPG.__init__).parameters) - {"self"} - SET_BY_ZOO
+def npg_arguments(algorithm: type[NPG] = NPG) -> frozenset[str]:
+    """
+    The names of the constructor arguments a YAML entry may set.
+
+    :param algorithm: NPG or one of its subclasses (:data:`ALGORITHMS`)
+    """
+    return frozenset(inspect.signature(algorithm.__init__).parameters) - {"self"} - SET_BY_ZOO
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -153,15 +180,16 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check_hyperparameters(hyperparams: dict[str, Any], where: str = "hyperparameters") -> None:
+def check_hyperparameters(hyperparams: dict[str, Any], where: str = "hyperparameters", algorithm: type[NPG] = NPG) -> None:
     """
-    Check one RL Zoo hyperparameter entry for NPG, before anything is created.
+    Check one RL Zoo hyperparameter entry for NPG (or RecurrentNPG), before anything is created.
 
     :param hyperparams: the entry as read from the YAML file (after ``--hyperparams`` overrides)
     :param where: where the entry comes from, for the error message (e.g. ``"npg.yml[CartPole-v1]"``)
+    :param algorithm: the class the entry is for (its constructor's arguments are the allowed keys)
     :raises ZooConfigError: one line, naming the first offending key
     """
-    allowed = npg_arguments() | ZOO_KEYS
+    allowed = npg_arguments(algorithm) | ZOO_KEYS
     for key in hyperparams:
         if key in SET_BY_ZOO:
             raise ZooConfigError(f"{where}: '{key}' cannot be set in a hyperparameter file (RL Zoo passes it itself)")
@@ -171,8 +199,14 @@ def check_hyperparameters(hyperparams: dict[str, Any], where: str = "hyperparame
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ZooConfigError(f"{where}: unknown NPG hyperparameter '{key}'{hint}")
+    policies = list(algorithm.policy_aliases)
     if "policy" not in hyperparams:
-        raise ZooConfigError(f"{where}: missing required key 'policy' (e.g. policy: 'MlpPolicy')")
+        raise ZooConfigError(f"{where}: missing required key 'policy' (e.g. policy: '{policies[0]}')")
+    if isinstance(hyperparams["policy"], str) and hyperparams["policy"] not in policies:
+        raise ZooConfigError(
+            f"{where}: invalid policy={hyperparams['policy']!r}, "
+            f"{algorithm.__name__} takes one of {', '.join(map(repr, policies))}"
+        )
     for key, value in hyperparams.items():
         if key in _RANGES:
             valid, allowed_values = _RANGES[key]
@@ -238,14 +272,41 @@ def sample_npg_params(trial: Any, n_actions: int, n_envs: int, additional_args: 
     return hyperparams
 
 
+def sample_npg_lstm_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
+    """
+    RL Zoo sampler for RecurrentNPG (``npg_lstm``): :func:`sample_npg_params`'s search space plus the LSTM options.
+
+    Added: ``lstm_hidden_size``, ``n_lstm_layers`` (1 or 2) and ``critic_lstm``, how the critic gets its memory:
+    ``"own"`` (``enable_critic_lstm=True``: a second LSTM, trained by the critic's regression), ``"shared"``
+    (``shared_lstm=True``: the actor's LSTM, an actor parameter moved by the natural-gradient step only) or ``"none"``
+    (the critic sees the current observation only). One choice, since sb3-contrib refuses ``shared_lstm`` with
+    ``enable_critic_lstm``.
+
+    :param trial: the Optuna trial
+    :param n_actions: dimension of a Box action space (unused)
+    :param n_envs: number of parallel environments (unused)
+    :param additional_args: RL Zoo's extra arguments (unused)
+    :return: keyword arguments for ``RecurrentNPG``
+    """
+    hyperparams = sample_npg_params(trial, n_actions, n_envs, additional_args)
+    lstm_params = {
+        "lstm_hidden_size": trial.suggest_categorical("lstm_hidden_size", list(LSTM_HIDDEN_SIZES)),
+        "n_lstm_layers": trial.suggest_int("n_lstm_layers", 1, 2),
+        "critic_lstm": trial.suggest_categorical("critic_lstm", list(CRITIC_LSTMS)),
+    }
+    hyperparams["policy_kwargs"].update(convert_npg_params(lstm_params)["policy_kwargs"])
+    return hyperparams
+
+
 def convert_npg_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     """
-    Sampled values (as stored in an Optuna study) -> RL Zoo hyperparameters for NPG.
+    Sampled values (as stored in an Optuna study) -> RL Zoo hyperparameters for NPG and RecurrentNPG.
 
-    Used by the sampler and by ``--trial-id``; ``normalize`` is kept, RL Zoo applies it to the envs.
+    Used by the samplers and by ``--trial-id``; ``normalize`` is kept, RL Zoo applies it to the envs.
 
-    :param sampled_params: ``trial.params`` of a study made with :func:`sample_npg_params`
-    :return: hyperparameters (``policy_kwargs`` holds the network and activation classes)
+    :param sampled_params: ``trial.params`` of a study made with :func:`sample_npg_params` or
+        :func:`sample_npg_lstm_params`
+    :return: hyperparameters (``policy_kwargs`` holds the network and activation classes, and the LSTM options)
     """
     from torch import nn
 
@@ -266,6 +327,11 @@ def convert_npg_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
         policy_kwargs["net_arch"] = NET_ARCHS[params.pop("net_arch")]
     if "activation_fn" in params:
         policy_kwargs["activation_fn"] = {"tanh": nn.Tanh, "relu": nn.ReLU}[params.pop("activation_fn")]
+    for name in ("lstm_hidden_size", "n_lstm_layers"):
+        if name in params:
+            policy_kwargs[name] = params.pop(name)
+    if "critic_lstm" in params:
+        policy_kwargs.update(CRITIC_LSTMS[params.pop("critic_lstm")])
     if policy_kwargs:
         hyperparams["policy_kwargs"] = policy_kwargs
     hyperparams.update(params)
@@ -281,9 +347,10 @@ def _wrap_read_hyperparameters(original: Callable) -> Callable:
     @functools.wraps(original)
     def read_hyperparameters(self: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         hyperparams, saved_hyperparams = original(self)
-        if self.algo == ALGO_NAME:
+        if self.algo in ALGORITHMS:
             entry = self.env_name.gym_id
-            check_hyperparameters(hyperparams, where=f"{os.path.basename(str(self.config))} (entry for {entry})")
+            where = f"{os.path.basename(str(self.config))} (entry for {entry})"
+            check_hyperparameters(hyperparams, where=where, algorithm=ALGORITHMS[self.algo])
         return hyperparams, saved_hyperparams
 
     return read_hyperparameters
@@ -292,7 +359,7 @@ def _wrap_read_hyperparameters(original: Callable) -> Callable:
 def _wrap_setup_experiment(original: Callable) -> Callable:
     @functools.wraps(original)
     def setup_experiment(self: Any) -> Any:
-        if self.algo != ALGO_NAME:
+        if self.algo not in ALGORITHMS:
             return original(self)
         # The outermost folder of the run's path that this call will create (log folder, algo folder or run folder)
         created: str | None = None
@@ -313,7 +380,7 @@ def _wrap_setup_experiment(original: Callable) -> Callable:
 def _wrap_objective(original: Callable) -> Callable:
     @functools.wraps(original)
     def objective(self: Any, trial: Any) -> float:
-        if self.algo == ALGO_NAME:
+        if self.algo in ALGORITHMS:
             if not hasattr(self, "_npg_base_normalize_kwargs"):
                 self._npg_base_normalize_kwargs = {k: v for k, v in self.normalize_kwargs.items() if k != "gamma"}
             # Same names and distributions as in sample_npg_params: Optuna returns the same values there.
@@ -408,7 +475,7 @@ def _wrap_create_callbacks(original: Callable) -> Callable:
     @functools.wraps(original)
     def create_callbacks(self: Any) -> None:
         original(self)
-        if self.algo == ALGO_NAME:
+        if self.algo in ALGORITHMS:
             for index, callback in enumerate(self.callbacks):
                 if type(callback) is CheckpointCallback:
                     self.callbacks[index] = CheckpointWithStatistics(
@@ -426,7 +493,7 @@ def _wrap_create_envs(original: Callable) -> Callable:
     @functools.wraps(original)
     def create_envs(self: Any, *args: Any, **kwargs: Any) -> Any:
         env = original(self, *args, **kwargs)
-        if self.algo == ALGO_NAME and self.continue_training:
+        if self.algo in ALGORITHMS and self.continue_training:
             try:
                 restore_checkpoint_statistics(env, self.trained_agent)
             except BaseException:
@@ -440,7 +507,7 @@ def _wrap_create_envs(original: Callable) -> Callable:
 def _wrap_learn(original: Callable) -> Callable:
     @functools.wraps(original)
     def learn(self: Any, model: Any) -> None:
-        if self.algo != ALGO_NAME or not self.continue_training:
+        if self.algo not in ALGORITHMS or not self.continue_training:
             return original(self, model)
         # Resuming (-i): RL Zoo calls model.learn(n_timesteps), which counts from 0 again; keep counting from
         # the loaded model's num_timesteps instead (-n is then the number of timesteps to add).
@@ -455,7 +522,8 @@ def _wrap_learn(original: Callable) -> Callable:
 
 def register() -> None:
     """
-    Make ``--algo npg`` work in RL Zoo (training, tuning, ``--trial-id``, enjoy, videos, Hub). Idempotent.
+    Make ``--algo npg`` and ``--algo npg_lstm`` work in RL Zoo (training, tuning, ``--trial-id``, enjoy, videos, Hub).
+    Idempotent.
 
     :raises ImportError: if ``rl_zoo3`` or ``optuna`` is not installed (install the ``zoo`` extra)
     """
@@ -464,11 +532,13 @@ def register() -> None:
     import rl_zoo3.utils
     from rl_zoo3 import exp_manager, hyperparams_opt
 
-    rl_zoo3.utils.ALGOS[ALGO_NAME] = NPG
-    # rl_zoo3 re-exports the same dict object; keep both views in sync if that ever changes
-    rl_zoo3.ALGOS[ALGO_NAME] = NPG
-    hyperparams_opt.HYPERPARAMS_SAMPLER[ALGO_NAME] = sample_npg_params
-    hyperparams_opt.HYPERPARAMS_CONVERTER[ALGO_NAME] = convert_npg_params
+    samplers = {ALGO_NAME: sample_npg_params, RECURRENT_ALGO_NAME: sample_npg_lstm_params}
+    for name, algorithm in ALGORITHMS.items():
+        rl_zoo3.utils.ALGOS[name] = algorithm
+        # rl_zoo3 re-exports the same dict object; keep both views in sync if that ever changes
+        rl_zoo3.ALGOS[name] = algorithm
+        hyperparams_opt.HYPERPARAMS_SAMPLER[name] = samplers[name]
+        hyperparams_opt.HYPERPARAMS_CONVERTER[name] = convert_npg_params
 
     manager = exp_manager.ExperimentManager
     for name, wrap in (
@@ -491,7 +561,7 @@ def is_registered() -> bool:
     import sys
 
     utils = sys.modules.get("rl_zoo3.utils")
-    return utils is not None and getattr(utils, "ALGOS", {}).get(ALGO_NAME) is NPG
+    return utils is not None and all(getattr(utils, "ALGOS", {}).get(name) is cls for name, cls in ALGORITHMS.items())
 
 
 def with_default_arguments(argv: list[str], defaults: dict[str, list[str]]) -> list[str]:

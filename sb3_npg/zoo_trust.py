@@ -7,8 +7,9 @@ the model ``.zip`` (cloudpickle), ``config.yml`` and ``args.yml`` (``yaml.Unsafe
 on the env) and ``vecnormalize.pkl`` (pickle). While :func:`untrusted_zoo_files` is active (the entry points'
 default; ``--trusted`` turns it off):
 
-- the model is loaded with ``NPG.load(path, env=<the script's env>, trusted=False)`` (see :mod:`sb3_npg.save_load`);
-  other algorithms' models (``--algo ppo``) are refused, their ``load`` unpickles;
+- the model is loaded with ``NPG.load(path, env=<the script's env>, trusted=False)`` (``RecurrentNPG.load`` for
+  ``--algo npg_lstm``; see :mod:`sb3_npg.save_load`); other algorithms' models (``--algo ppo``) are refused, their
+  ``load`` unpickles;
 - before rl_zoo3 reads the agent's folder, :func:`check_agent_folder` checks it: YAML with no tags beyond the
   ``OrderedDict`` and tuples the Zoo writes (:class:`ZooYamlLoader`), a ``normalize`` string that is a literal
   (or ``dict(...)`` of literals), wrappers that are ``gymnasium.Wrapper`` / ``VecEnvWrapper`` classes (from
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sb3_npg.npg import NPG
-from sb3_npg.zoo import ALGO_NAME, register
+from sb3_npg.zoo import ALGORITHMS, register
 
 WRAPPER_PACKAGES = frozenset({"gymnasium", "stable_baselines3", "sb3_contrib", "rl_zoo3", "sb3_npg", "minigrid", "ale_py"})
 """Packages an agent's wrappers may come from (besides those already imported): importing a module runs it."""
@@ -207,16 +208,23 @@ def check_agent_folder(stats_path: str) -> None:
 
 
 class UntrustedNPGLoader:
-    """What ``rl_zoo3``'s scripts find under ``ALGOS["npg"]`` while :func:`untrusted_zoo_files` is active."""
+    """
+    What ``rl_zoo3``'s scripts find under ``ALGOS["npg"]`` (and ``"npg_lstm"``) while :func:`untrusted_zoo_files` is
+    active.
 
-    def __init__(self, created_envs: list[Any]):
+    :param created_envs: the envs the script created so far (the last one is the model's)
+    :param algorithm: the class to load with (NPG or RecurrentNPG)
+    """
+
+    def __init__(self, created_envs: list[Any], algorithm: type[NPG] = NPG):
         self.created_envs = created_envs
+        self.algorithm = algorithm
 
     def load(self, path: str, env: Any = None, **kwargs: Any) -> NPG:
-        """``NPG.load(path, env=..., trusted=False)``, with the env the script created when it passes none."""
+        """``<algorithm>.load(path, env=..., trusted=False)``, with the env the script created when it passes none."""
         if env is None and self.created_envs:
             env = self.created_envs[-1]
-        return NPG.load(path, env=env, trusted=False, **kwargs)
+        return self.algorithm.load(path, env=env, trusted=False, **kwargs)
 
 
 class RefusingLoader:
@@ -228,8 +236,8 @@ class RefusingLoader:
     def load(self, path: str, *args: Any, **kwargs: Any) -> Any:
         """Refuse, naming ``--trusted``."""
         raise ValueError(
-            f"{path}: only npg models are loaded without running their code ({self.algo}'s load unpickles the file); "
-            f"if you trust this agent, pass {TRUSTED_FLAG}"
+            f"{path}: only {' and '.join(ALGORITHMS)} models are loaded without running their code "
+            f"({self.algo}'s load unpickles the file); if you trust this agent, pass {TRUSTED_FLAG}"
         )
 
 
@@ -272,7 +280,7 @@ def untrusted_zoo_files() -> Iterator[None]:
         created_envs.append(env)
         # the script has looked up its algorithm's name, and will call .load next
         for algo in algorithms:
-            loader = UntrustedNPGLoader(created_envs) if algo == ALGO_NAME else RefusingLoader(algo)
+            loader = UntrustedNPGLoader(created_envs, ALGORITHMS[algo]) if algo in ALGORITHMS else RefusingLoader(algo)
             rl_zoo3.utils.ALGOS[algo] = loader  # type: ignore[assignment]
         return env
 

@@ -20,6 +20,7 @@ def test_examples_found() -> None:
         "rl_zoo",
         "fisher_backends",
         "maskable",
+        "recurrent",
     }
     assert expected <= names
 

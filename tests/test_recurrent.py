@@ -4,7 +4,8 @@ RecurrentNPG: the natural-gradient step over sequences.
 Dense references run the policy's LSTM along the stored sequences with sb3-contrib's ``get_distribution`` and keep the
 real steps with plain indexing of the torch distributions (no sb3_npg maths): the Fisher product of each backend
 equals the dense matrix, the step equals the dense natural-gradient step, padding changes nothing, the measured KL
-of one update is near ``target_kl``; gSDE with an LSTM runs; save/load keeps predictions and LSTM states.
+of one update is near ``target_kl``; gSDE with an LSTM runs; save/load keeps predictions and LSTM states;
+``CnnLstmPolicy`` learns on images.
 """
 
 import numpy as np
@@ -12,13 +13,15 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer
+from sb3_contrib.ppo_recurrent.policies import CnnLstmPolicy
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.envs import SimpleMultiObsEnv
+from stable_baselines3.common.envs import FakeImageEnv, SimpleMultiObsEnv
+from stable_baselines3.common.vec_env import VecTransposeImage
 from torch import nn
 from torch.distributions import Categorical, Normal, kl_divergence
 from torch.func import functional_call
 
-from sb3_npg import RecurrentNPG
+from sb3_npg import NPG, RecurrentNPG
 from sb3_npg.fisher import action_distribution, make_fisher, mean_summed_kl, policy_gradient, policy_jacobian
 from sb3_npg.recurrent import SequenceBatch
 from tests.dense import actor_names, flat_actor
@@ -272,3 +275,42 @@ def test_dict_observations_run() -> None:
     model.learn(32)
     assert model.skipped_updates == 0
     assert 0 < model.logger.name_to_value["train/kl_divergence"] < 0.02
+
+
+def test_cnn_lstm_policy_learns_on_images() -> None:
+    """CnnLstmPolicy on a tiny image env (channel-last, so SB3 transposes it): both CNNs and LSTMs move, KL near target."""
+    env = FakeImageEnv(screen_height=36, screen_width=36, n_channels=1, discrete=True)
+    policy_kwargs = dict(lstm_hidden_size=8, features_extractor_kwargs=dict(features_dim=16), share_features_extractor=False)
+    model = RecurrentNPG("CnnLstmPolicy", env, n_steps=16, batch_size=16, seed=0, policy_kwargs=policy_kwargs)
+    assert type(model.policy) is CnnLstmPolicy and isinstance(model.get_env(), VecTransposeImage)
+    before = {name: parameter.detach().clone() for name, parameter in model.policy.named_parameters()}
+    model.learn(32)
+    assert model.skipped_updates == 0
+    moved = {
+        name.split(".")[0] for name, parameter in model.policy.named_parameters() if not th.equal(parameter, before[name])
+    }
+    # named_parameters() names the actor's CNN (pi_features_extractor) features_extractor
+    assert {"features_extractor", "lstm_actor", "action_net", "vf_features_extractor", "lstm_critic", "value_net"} <= moved
+    assert model.logger.name_to_value["train/kl_divergence"] == pytest.approx(model.target_kl, rel=0.5)
+    observation = model.observation_space.sample()[None]
+    _, states = model.predict(observation, episode_start=np.ones(1, dtype=bool))
+    assert states[0].shape == (1, 1, 8)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_load_with_the_wrong_npg_class_names_the_right_one(tmp_path, trusted: bool) -> None:
+    recurrent = RecurrentNPG("MlpLstmPolicy", "CartPole-v1", n_steps=16, batch_size=16, policy_kwargs=POLICY_KWARGS)
+    recurrent.save(tmp_path / "recurrent.zip")
+    feed_forward = NPG("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16)
+    feed_forward.save(tmp_path / "feed_forward.zip")
+    with pytest.raises(
+        ValueError, match=r"saved by RecurrentNPG \(an LSTM policy\): NPG.load cannot rebuild it, use RecurrentNPG.load"
+    ):
+        NPG.load(tmp_path / "recurrent.zip", env=feed_forward.get_env(), trusted=trusted)
+    with pytest.raises(
+        ValueError, match=r"saved by NPG \(a policy without LSTM\): RecurrentNPG.load cannot rebuild it, use NPG.load"
+    ):
+        RecurrentNPG.load(tmp_path / "feed_forward.zip", env=recurrent.get_env(), trusted=trusted)
+    assert type(RecurrentNPG.load(tmp_path / "recurrent.zip", env=recurrent.get_env(), trusted=trusted).policy) is type(
+        recurrent.policy
+    )

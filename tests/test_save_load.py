@@ -433,5 +433,5 @@ def test_enjoy_refuses_other_algorithms_models_unless_trusted(
     PPO("MlpPolicy", env, n_steps=16, batch_size=16).save(tmp_path / "ppo" / "CartPole-v1.zip")
     argv = ["--algo", "ppo", "--env", "CartPole-v1", "-f", str(tmp_path), "--exp-id", "-1", "--no-render", "-n", "20"]
     assert enjoy.main(argv) == 2
-    assert "only npg models are loaded without running their code" in capsys.readouterr().err
+    assert "only npg and npg_lstm models are loaded without running their code" in capsys.readouterr().err
     assert enjoy.main([*argv, "--trusted"]) == 0

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +17,20 @@ import yaml
 pytest.importorskip("rl_zoo3")
 pytest.importorskip("optuna")
 
-from sb3_npg import NPG
+from sb3_npg import NPG, RecurrentNPG
 from sb3_npg import enjoy as npg_enjoy
 from sb3_npg import plot as npg_plot
 from sb3_npg import train as npg_train
 from sb3_npg.zoo import (
     HYPERPARAMS_PATH,
+    HYPERPARAMS_PATHS,
     ZooConfigError,
     check_hyperparameters,
     convert_npg_params,
     hub_compatibility,
     is_registered,
     register,
+    sample_npg_lstm_params,
     sample_npg_params,
 )
 
@@ -514,3 +517,176 @@ def test_every_shipped_entry_builds_a_model(entry: str, tmp_path: Path) -> None:
         assert not isinstance(model.env, VecNormalize) or model.env.training
     finally:
         model.env.close()
+
+
+# --------------------------------------------------------------------------------------------------------
+# RecurrentNPG as npg_lstm: registration, sampler, shipped npg_lstm.yml, train -> enjoy, a tuning trial
+# --------------------------------------------------------------------------------------------------------
+
+SHIPPED_LSTM = yaml.safe_load(HYPERPARAMS_PATHS["npg_lstm"].read_text())
+LSTM_POLICY_OPTIONS = {"lstm_hidden_size", "n_lstm_layers", "enable_critic_lstm", "shared_lstm"}
+
+
+def test_register_adds_npg_lstm() -> None:
+    register()
+    from rl_zoo3 import ALGOS
+    from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
+
+    assert ALGOS["npg_lstm"] is RecurrentNPG
+    assert HYPERPARAMS_SAMPLER["npg_lstm"] is sample_npg_lstm_params
+    assert HYPERPARAMS_CONVERTER["npg_lstm"] is convert_npg_params
+    assert ALGOS["ppo_lstm"] is not RecurrentNPG  # the Zoo's own entry is left alone
+
+
+def test_lstm_sampler_covers_the_lstm_options_and_every_point_builds() -> None:
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen: dict[str, set] = {option: set() for option in LSTM_POLICY_OPTIONS}
+    for _ in range(20):
+        trial = study.ask()
+        hyperparams = sample_npg_lstm_params(trial, n_actions=1, n_envs=2, additional_args={})
+        assert {"lstm_hidden_size", "n_lstm_layers", "critic_lstm"} <= set(trial.params)
+        assert LSTM_POLICY_OPTIONS | {"net_arch", "activation_fn"} == set(hyperparams["policy_kwargs"])
+        for option in LSTM_POLICY_OPTIONS:
+            seen[option].add(hyperparams["policy_kwargs"][option])
+        converted = convert_npg_params(trial.params)
+        assert {k: v for k, v in converted.items() if k != "normalize"} == hyperparams
+        check_hyperparameters({"policy": "MlpLstmPolicy", "n_envs": 2, **converted}, algorithm=RecurrentNPG)
+        study.tell(trial, 0.0)
+    assert seen["enable_critic_lstm"] == seen["shared_lstm"] == {False, True}
+    assert len(seen["lstm_hidden_size"]) > 1 and seen["n_lstm_layers"] == {1, 2}
+    # Every way of giving the critic memory is one sb3-contrib accepts (it refuses shared_lstm with a critic LSTM)
+    for critic_lstm in ("own", "shared", "none"):
+        policy_kwargs = convert_npg_params({"critic_lstm": critic_lstm, "lstm_hidden_size": 4})["policy_kwargs"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # shared_lstm's warning (tested in test_recurrent.py)
+            model = RecurrentNPG("MlpLstmPolicy", "CartPole-v1", n_steps=8, batch_size=8, policy_kwargs=policy_kwargs)
+        assert (model.policy.lstm_critic is not None) == (critic_lstm == "own")
+        assert model.policy.shared_lstm == (critic_lstm == "shared")
+
+
+def test_shipped_npg_lstm_file_has_the_required_entries_with_provenance() -> None:
+    required = {"CartPoleNoVel-v1", "PendulumNoVel-v1", "MountainCarContinuousNoVel-v0", "MountainCarNoVel-v0"}
+    assert required <= set(SHIPPED_LSTM)
+    lines = HYPERPARAMS_PATHS["npg_lstm"].read_text().splitlines()
+    for index, line in enumerate(lines):
+        if line and not line[0].isspace() and not line.startswith("#"):
+            comments = []
+            for previous in reversed(lines[:index]):
+                if not previous.startswith("#"):
+                    break
+                comments.append(previous)
+            assert any("Provenance:" in comment for comment in comments), f"{line.split(':')[0]} has no 'Provenance:' comment"
+
+
+@pytest.mark.parametrize("entry", sorted(SHIPPED_LSTM))
+def test_every_shipped_npg_lstm_entry_builds_a_model(entry: str, tmp_path: Path) -> None:
+    from torch import nn
+
+    register()
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    args = argparse.Namespace(algo="npg_lstm", env=entry, env_kwargs=None)
+    config = str(HYPERPARAMS_PATHS["npg_lstm"])
+    manager = ExperimentManager(
+        args, "npg_lstm", entry, str(tmp_path), n_timesteps=-1, eval_freq=-1, config=config, verbose=0, seed=0
+    )
+    model, _ = manager.setup_experiment()
+    try:
+        values = SHIPPED_LSTM[entry]
+        assert type(model) is RecurrentNPG and type(model.policy) is RecurrentNPG.policy_aliases[values["policy"]]
+        assert model.env is not None and model.env.num_envs == values.get("n_envs", 1)
+        assert manager.n_timesteps == int(values["n_timesteps"])
+        for key in ("target_kl", "n_steps", "batch_size", "gamma", "gae_lambda", "n_critic_updates", "use_sde", "step_length"):
+            if key in values:
+                assert getattr(model, key) == values[key], key
+        assert (model.get_vec_normalize_env() is not None) == bool(values.get("normalize", False))
+        policy_kwargs = eval(values.get("policy_kwargs", "dict()"), {"nn": nn})  # as the Zoo reads it
+        if "lstm_hidden_size" in policy_kwargs:
+            assert model.policy.lstm_actor.hidden_size == policy_kwargs["lstm_hidden_size"]
+        assert (model.policy.lstm_critic is not None) == policy_kwargs.get("enable_critic_lstm", True)
+    finally:
+        model.env.close()
+
+
+@pytest.fixture(scope="module")
+def trained_lstm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CartPoleNoVel-v1 trained two rollouts from the shipped npg_lstm.yml, through the train entry point."""
+    log_folder = tmp_path_factory.mktemp("logs_lstm")
+    entry = SHIPPED_LSTM["CartPoleNoVel-v1"]
+    n_steps = entry["n_steps"] * entry["n_envs"]
+    argv = ["--algo", "npg_lstm", "--env", "CartPoleNoVel-v1", "-n", str(2 * n_steps), "--seed", "0", "-f", str(log_folder)]
+    assert npg_train.main([*argv, "--eval-freq", "-1", *QUIET]) == 0
+    return log_folder
+
+
+def test_train_npg_lstm_writes_a_model_that_recurrent_npg_load_reads(trained_lstm: Path) -> None:
+    run = trained_lstm / "npg_lstm" / "CartPoleNoVel-v1_1"
+    entry = SHIPPED_LSTM["CartPoleNoVel-v1"]
+    args = yaml.load((run / "CartPoleNoVel-v1" / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert args["algo"] == "npg_lstm" and args["conf_file"] == str(HYPERPARAMS_PATHS["npg_lstm"])
+    model = RecurrentNPG.load(run / "CartPoleNoVel-v1.zip", device="cpu", trusted=False, env=make_novel_env())
+    assert model.num_timesteps == 2 * entry["n_steps"] * entry["n_envs"]
+    assert (model.n_steps, model.target_kl, model.step_length) == (entry["n_steps"], entry["target_kl"], entry["step_length"])
+    assert model.policy.lstm_actor.hidden_size == 64 and model.policy.lstm_critic is not None
+    observation = model.observation_space.sample()
+    _, state = model.predict(observation, episode_start=np.ones(1, dtype=bool))
+    _, next_state = model.predict(observation, state=state, episode_start=np.zeros(1, dtype=bool))
+    assert state[0].shape == (1, 1, 64) and not np.allclose(state[0], next_state[0])  # the memory is carried
+    assert (run / "CartPoleNoVel-v1" / "vecnormalize.pkl").is_file()
+
+
+def make_novel_env() -> Any:
+    import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
+    from stable_baselines3.common.env_util import make_vec_env
+
+    return make_vec_env("CartPoleNoVel-v1", n_envs=1)
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_enjoy_runs_the_trained_npg_lstm_agent(trained_lstm: Path, trusted: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--algo", "npg_lstm", "--env", "CartPoleNoVel-v1", "-f", str(trained_lstm), "--no-render", "-n", "300"]
+    assert npg_enjoy.main([*argv, "--deterministic", "--verbose", "1", *(["--trusted"] if trusted else [])]) == 0
+    out = capsys.readouterr().out
+    assert "npg_lstm/CartPoleNoVel-v1_1/CartPoleNoVel-v1.zip" in out
+    assert "Mean reward:" in out
+
+
+def test_npg_lstm_entry_with_a_feedforward_policy_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = write_conf(tmp_path / "bad.yml", {"CartPoleNoVel-v1": {"policy": "MlpPolicy", "n_timesteps": 1000}})
+    logs = tmp_path / "logs"
+    assert (
+        npg_train.main(["--algo", "npg_lstm", "--env", "CartPoleNoVel-v1", "--conf-file", conf, "-f", str(logs), *QUIET]) == 2
+    )
+    assert_one_line_error(capsys, "policy='MlpPolicy'", "RecurrentNPG takes one of 'MlpLstmPolicy'")
+    assert not logs.exists()
+
+
+def test_npg_lstm_optuna_trials_then_train_from_a_trial(tmp_path: Path) -> None:
+    from optuna.trial import TrialState
+
+    tiny = {"CartPoleNoVel-v1": {"policy": "MlpLstmPolicy", "n_timesteps": 1000, "n_envs": 1}}
+    conf = write_conf(tmp_path / "tiny.yml", tiny)
+    storage = tmp_path / "optuna" / "study.log"
+    common = ["--algo", "npg_lstm", "--env", "CartPoleNoVel-v1", "--conf-file", conf, "--storage", str(storage)]
+    common += ["--study-name", "tiny_lstm", *QUIET]
+    tune = ["-optimize", "--n-trials", "2", "-n", "64", "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots"]
+    assert npg_train.main([*common, *tune, "--sampler", "random", "--seed", "5", "-f", str(tmp_path / "tune")]) == 0
+
+    study = load_study(storage, "tiny_lstm")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2
+    for trial in trials:
+        assert {"lstm_hidden_size", "n_lstm_layers", "critic_lstm", "target_kl", "n_steps_pow"} <= set(trial.params)
+        assert np.isfinite(trial.value)
+
+    assert npg_train.main([*common, "--trial-id", "1", "-n", "64", "--eval-freq", "-1", "-f", str(tmp_path / "train")]) == 0
+    params = study.trials[1].params
+    model = RecurrentNPG.load(tmp_path / "train" / "npg_lstm" / "CartPoleNoVel-v1_1" / "CartPoleNoVel-v1.zip", device="cpu")
+    assert model.policy.lstm_actor.hidden_size == params["lstm_hidden_size"]
+    assert model.policy.lstm_actor.num_layers == params["n_lstm_layers"]
+    assert (model.policy.lstm_critic is not None) == (params["critic_lstm"] == "own")
+    assert model.target_kl == pytest.approx(params["target_kl"])

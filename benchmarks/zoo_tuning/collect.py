@@ -40,7 +40,8 @@ def new_runs(logs: Path, known: set[tuple[str, str, int]]) -> list[dict[str, Any
         candidate = path.parents[2].name
         if (candidate, result["env"], result["seed"]) in known:
             continue
-        record = {"candidate": candidate, "env": result["env"], "seed": result["seed"], "steps": result["n_timesteps"]}
+        record = {"candidate": candidate, "algo": result["algo"], "env": result["env"], "seed": result["seed"]}
+        record["steps"] = result["n_timesteps"]
         record.update({field: result[field] for field in KEPT_FIELDS})
         runs.append(record)
     return runs
