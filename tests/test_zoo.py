@@ -458,6 +458,19 @@ def require_env(env_id: str) -> None:
         pytest.importorskip("Box2D", reason=f"{env_id} needs gymnasium[box2d]")
 
 
+def assert_every_entry_has_provenance(path: Path) -> None:
+    """Every top-level entry of a hyperparameter file has a 'Provenance:' line in the comment block just above it."""
+    lines = path.read_text().splitlines()
+    for index, line in enumerate(lines):
+        if line and not line[0].isspace() and not line.startswith("#"):
+            comments = []
+            for previous in reversed(lines[:index]):
+                if not previous.startswith("#"):
+                    break
+                comments.append(previous)
+            assert any("Provenance:" in comment for comment in comments), f"{line.split(':')[0]} has no 'Provenance:' comment"
+
+
 def test_shipped_file_has_the_required_entries_with_provenance() -> None:
     required = {
         "CartPole-v1",
@@ -476,16 +489,7 @@ def test_shipped_file_has_the_required_entries_with_provenance() -> None:
     }
     assert required <= set(SHIPPED)
     assert SHIPPED["atari"]["policy"] == "CnnPolicy"
-    lines = HYPERPARAMS_PATH.read_text().splitlines()
-    for index, line in enumerate(lines):
-        if line and not line[0].isspace() and not line.startswith("#"):
-            key = line.split(":")[0]
-            comments = []
-            for previous in reversed(lines[:index]):
-                if not previous.startswith("#"):
-                    break
-                comments.append(previous)
-            assert any("Provenance:" in comment for comment in comments), f"{key} has no 'Provenance:' comment"
+    assert_every_entry_has_provenance(HYPERPARAMS_PATH)
 
 
 @pytest.mark.parametrize("entry", sorted(SHIPPED))
@@ -569,15 +573,7 @@ def test_lstm_sampler_covers_the_lstm_options_and_every_point_builds() -> None:
 def test_shipped_npg_lstm_file_has_the_required_entries_with_provenance() -> None:
     required = {"CartPoleNoVel-v1", "PendulumNoVel-v1", "MountainCarContinuousNoVel-v0", "MountainCarNoVel-v0"}
     assert required <= set(SHIPPED_LSTM)
-    lines = HYPERPARAMS_PATHS["npg_lstm"].read_text().splitlines()
-    for index, line in enumerate(lines):
-        if line and not line[0].isspace() and not line.startswith("#"):
-            comments = []
-            for previous in reversed(lines[:index]):
-                if not previous.startswith("#"):
-                    break
-                comments.append(previous)
-            assert any("Provenance:" in comment for comment in comments), f"{line.split(':')[0]} has no 'Provenance:' comment"
+    assert_every_entry_has_provenance(HYPERPARAMS_PATHS["npg_lstm"])
 
 
 @pytest.mark.parametrize("entry", sorted(SHIPPED_LSTM))
