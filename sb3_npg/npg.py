@@ -305,7 +305,8 @@ class NPG(OnPolicyAlgorithm):
     ) -> bool:
         """
         Collect a rollout (see SB3's ``OnPolicyAlgorithm.collect_rollouts``): with the lean forward pass of
-        :mod:`sb3_npg.rollout` for the policies it reproduces exactly (same buffer, same random draws), else SB3's.
+        :mod:`sb3_npg.rollout` for the policies it reproduces (same random draws; the same buffer bit for bit, or to
+        float32 rounding for diagonal Gaussian MLPs), else SB3's.
         """
         forward = LeanForward.for_policy(self.policy)
         if forward is None:

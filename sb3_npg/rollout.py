@@ -11,7 +11,15 @@ exploration matrices being the policy's state), so the rollout buffer and the ra
 state as with SB3's loop. For a ``Box`` observation space read by SB3's ``FlattenExtractor`` the features are the
 observations as ``float32`` (what ``preprocess_obs`` and ``nn.Flatten`` make of them), read from the array
 without module calls; for SB3's ``RolloutBuffer`` itself the values and log-probabilities are written straight
-into the buffer's arrays and the step's other fields without ``RolloutBuffer.add``'s copies.
+into the buffer's arrays and the step's other fields without ``RolloutBuffer.add``'s copies. All of this is bit
+for bit what SB3's loop computes.
+
+Diagonal Gaussian MLP policies (the MuJoCo case) go one step further with :class:`NumpyGaussianPass`: the MLP heads,
+the Gaussian's sampling and its log-probability in numpy ``float32`` on views of the same parameters, only the noise
+still drawn by torch (the same ``Tensor.normal_`` call, so torch's generator makes the same draws). numpy's BLAS and
+``tanh`` round differently from torch's, so values, actions and log-probabilities agree with SB3's to float32
+rounding (a few units in the last place of the terms summed; within 1e-6 for inputs of unit scale), not bit for bit;
+the random generators still end in the same state.
 
 :func:`LeanForward.for_policy` accepts only what it reproduces exactly: SB3's ``MlpPolicy`` and
 ``MultiInputPolicy`` classes themselves (no subclass), an ``MlpExtractor`` of ``Linear`` layers and elementwise
@@ -59,6 +67,10 @@ SUPPORTED_DISTRIBUTIONS = (
 )
 # log(sqrt(2 pi)), the constant of torch's Normal.log_prob
 LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
+# Most multiply-adds in one matrix product of the numpy pass (rows x inputs x outputs). numpy's BLAS may run larger
+# products on worker threads (OpenBLAS in numpy's wheels did from about 4x this size), which torch.set_num_threads
+# does not control; policies with larger layers, or more envs, keep the torch pass.
+NUMPY_PASS_MAX_PRODUCT = 65536
 
 # (transposed weight, bias, activation) of a linear layer followed by an elementwise activation (or None)
 Layer = tuple[th.Tensor, th.Tensor | None, Callable[[th.Tensor], th.Tensor] | None]
@@ -279,6 +291,18 @@ class LeanForward:
                 log_prob -= th.sum(bijector.log_prob_correction(gaussian_actions), dim=1)
         return actions, log_prob
 
+    def gaussian_terms(self) -> tuple[th.Tensor, ...]:
+        """
+        :return: the diagonal Gaussian's ``(log_std, std, -2 var, log std)``, recomputed only when ``log_std``
+            changed since the last call (one comparison)
+        """
+        log_std = self.log_std
+        assert log_std is not None
+        if self._gaussian_terms is None or not th.equal(log_std, self._gaussian_terms[0]):
+            std = log_std.exp()
+            self._gaussian_terms = (log_std.clone(), std, -(2 * std**2), std.log())
+        return self._gaussian_terms
+
     def _sample_gaussian(self, mean_actions: th.Tensor, log_prob_out: th.Tensor | None) -> tuple[th.Tensor, th.Tensor]:
         """
         ``Normal(mean, ones_like(mean) * exp(log_std))``: ``rsample()`` and ``log_prob``, summed over action dimensions.
@@ -288,15 +312,132 @@ class LeanForward:
         broadcast over rows and kept while ``log_std`` is unchanged (one comparison per step): the negation moves
         to the denominator, which IEEE division leaves bit for bit the same.
         """
-        log_std = self.log_std
-        assert log_std is not None
-        if self._gaussian_terms is None or not th.equal(log_std, self._gaussian_terms[0]):
-            std = log_std.exp()
-            self._gaussian_terms = (log_std.clone(), std, -(2 * std**2), std.log())
-        _, std, negative_two_var, log_scale = self._gaussian_terms
+        _, std, negative_two_var, log_scale = self.gaussian_terms()
         actions = th.empty_like(mean_actions).normal_().mul_(std).add_(mean_actions)
         log_prob = (actions - mean_actions).square_().div_(negative_two_var).sub_(log_scale).sub_(LOG_SQRT_2PI)
         return actions, th.sum(log_prob, dim=1, out=log_prob_out)
+
+
+# The numpy counterparts of the in-place activations of the torch pass (elementwise: the same values up to rounding)
+NUMPY_ACTIVATIONS: dict[Callable[[th.Tensor], th.Tensor], Callable[[np.ndarray], object]] = {
+    th.Tensor.tanh_: lambda hidden: np.tanh(hidden, out=hidden),
+    th.Tensor.relu_: lambda hidden: np.maximum(hidden, 0, out=hidden),
+}
+# (weight transposed, bias, activation) of a layer as numpy arrays sharing memory with the parameters
+NumpyLayer = tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], object] | None]
+
+
+class NumpyGaussianPass:
+    """
+    The lean pass of a diagonal Gaussian MLP policy in numpy ``float32``: equal to ``policy(obs)`` up to rounding.
+
+    On HalfCheetah-v5's 17x64x64x6 policy each torch call costs microseconds of dispatch for a few hundred
+    multiply-adds; numpy's are cheaper and leave more of the CPU's caches to the environment. The MLP heads are
+    ``float32`` matrix products (numpy's BLAS: rounded differently from torch's, so values, means and actions agree
+    to float32 rounding, not bit for bit), ``tanh``/``relu`` by numpy, and the Gaussian's sampling and
+    log-probability by torch's ``Normal`` formulas. The noise is still drawn by torch, ``Tensor.normal_`` on an
+    ``(n_envs, action_dim)`` tensor as the torch pass and torch's ``rsample`` do, so torch's generator makes the same
+    draws and ends in the same state. The standard deviation's terms come from the torch pass's formulas (torch's
+    ``exp`` and ``log``, bit for bit), recomputed when ``log_std`` changes. The weights are numpy views of the
+    parameters (they follow in-place updates); values and log-probabilities are written into the rollout buffer's
+    arrays.
+
+    Build it with :meth:`for_forward`, which accepts only what it computes this way.
+
+    :param forward: the torch lean pass of the policy (its layers and standard deviation are read)
+    :param n_envs: the number of environments (rows per step)
+    """
+
+    def __init__(self, forward: "LeanForward", n_envs: int):
+        self.forward = forward
+        self.actor_layers = [_numpy_layer(layer) for layer in forward.actor_layers]
+        self.critic_layers = [_numpy_layer(layer) for layer in forward.critic_layers]
+        self.action_weight_t, self.action_bias, _ = _numpy_layer(forward.action_head)
+        self.value_weight_t, self.value_bias, _ = _numpy_layer(forward.value_head)
+        self.action_shape = forward.action_shape
+        self.noise = th.empty((n_envs, self.action_weight_t.shape[1]), dtype=th.float32)
+        self.noise_array = self.noise.numpy()
+        self.log_sqrt_2pi = np.float32(LOG_SQRT_2PI)
+        self._gaussian_terms: tuple[th.Tensor, ...] | None = None
+        self._gaussian_arrays: tuple[np.ndarray, ...] = ()
+
+    @classmethod
+    def for_forward(cls, forward: "LeanForward", n_envs: int) -> "NumpyGaussianPass | None":
+        """
+        :param forward: the torch lean pass of a policy
+        :param n_envs: the number of environments
+        :return: the numpy pass, or ``None`` unless the policy is a diagonal Gaussian (not gSDE) MLP on the CPU with
+            ``float32`` parameters, ``tanh``/``relu`` (or no) activations, features read from the observation array,
+            and no matrix product above :data:`NUMPY_PASS_MAX_PRODUCT` multiply-adds per step
+        """
+        if type(forward.distribution) is not DiagGaussianDistribution or not forward.flat_box_features:
+            return None
+        layers = [*forward.actor_layers, *forward.critic_layers, forward.action_head, forward.value_head]
+        tensors = [tensor for weight_t, bias, _ in layers for tensor in (weight_t, bias) if tensor is not None]
+        assert forward.log_std is not None
+        tensors.append(forward.log_std)
+        if any(tensor.dtype != th.float32 or tensor.device.type != "cpu" for tensor in tensors):
+            return None
+        if any(activation is not None and activation not in NUMPY_ACTIVATIONS for _, _, activation in layers):
+            return None
+        if any(n_envs * weight_t.shape[0] * weight_t.shape[1] > NUMPY_PASS_MAX_PRODUCT for weight_t, _, _ in layers):
+            return None
+        return cls(forward, n_envs)
+
+    def __call__(self, obs: np.ndarray, values_out: np.ndarray, log_prob_out: np.ndarray) -> np.ndarray:
+        """
+        :param obs: the observations, as the environment returned them
+        :param values_out: where to write the values (shape ``(n_envs, 1)``)
+        :param log_prob_out: where to write the log-probabilities (shape ``(n_envs,)``)
+        :return: the sampled actions (a new array)
+        """
+        features = obs.astype(np.float32, copy=False)  # preprocess_obs's obs.float() and nn.Flatten()
+        if features.ndim > 2:
+            features = features.reshape(len(features), -1)
+        latent_pi = _apply_numpy(self.actor_layers, features)
+        latent_vf = _apply_numpy(self.critic_layers, features)
+        np.matmul(latent_vf, self.value_weight_t, out=values_out)
+        values_out += self.value_bias
+        mean_actions = latent_pi @ self.action_weight_t
+        mean_actions += self.action_bias
+        gaussian_terms = self.forward.gaussian_terms()
+        if gaussian_terms is not self._gaussian_terms:  # log_std changed (or first step): its terms as arrays
+            self._gaussian_terms = gaussian_terms
+            self._gaussian_arrays = tuple(term.numpy() for term in gaussian_terms[1:])
+        std, negative_two_var, log_scale = self._gaussian_arrays
+        # Normal.rsample: loc + eps * scale, with eps drawn by torch as the torch pass draws it
+        self.noise.normal_()
+        actions = self.noise_array * std
+        actions += mean_actions
+        # Normal.log_prob: -((value - loc) ** 2) / (2 * var) - log(scale) - log(sqrt(2 pi)), summed over dimensions
+        log_prob = actions - mean_actions
+        log_prob *= log_prob
+        log_prob /= negative_two_var
+        log_prob -= log_scale
+        log_prob -= self.log_sqrt_2pi
+        np.add.reduce(log_prob, axis=1, out=log_prob_out)  # np.sum without its wrapper
+        return actions.reshape((-1, *self.action_shape))  # type: ignore[misc]
+
+
+def _numpy_layer(layer: Layer) -> NumpyLayer:
+    """A torch pass layer as numpy views of the same memory (the activation's numpy counterpart, if any)."""
+    weight_t, bias, activation = layer
+    return (
+        weight_t.numpy(),
+        None if bias is None else bias.numpy(),
+        None if activation is None else NUMPY_ACTIVATIONS[activation],
+    )
+
+
+def _apply_numpy(layers: list[NumpyLayer], inputs: np.ndarray) -> np.ndarray:
+    hidden = inputs
+    for weight_t, bias, activation in layers:
+        hidden = hidden @ weight_t
+        if bias is not None:
+            hidden += bias
+        if activation is not None:
+            activation(hidden)
+    return hidden
 
 
 def _reads_flat_box_features(policy: ActorCriticPolicy) -> bool:
@@ -338,11 +479,12 @@ def collect_rollouts(
     forward: LeanForward,
 ) -> bool:
     """
-    SB3's ``OnPolicyAlgorithm.collect_rollouts`` (2.9), step for step, with ``forward`` for ``self.policy(obs)``.
+    SB3's ``OnPolicyAlgorithm.collect_rollouts`` (2.9), step for step, with ``forward`` for ``self.policy(obs)``
+    (or, for the policies :meth:`NumpyGaussianPass.for_forward` accepts, its numpy pass).
 
     The model is named ``self`` as in SB3's method, so that callbacks reading ``self.locals`` find the same
     names (``self``, ``actions``, ``clipped_actions``, ``values``, ``log_probs``, ``new_obs``, ``rewards``,
-    ``dones``, ``infos``, ...).
+    ``dones``, ``infos``, ...); ``values`` and ``log_probs`` are tensors, as in SB3's loop, on either pass.
 
     :param self: the algorithm collecting the rollout
     :param env: the training environment
@@ -363,6 +505,9 @@ def collect_rollouts(
     callback.on_rollout_start()
     # SB3's own RolloutBuffer on the CPU: the forward pass writes values and log-probabilities into its arrays
     buffer_rows = _buffer_rows(rollout_buffer, forward)
+    # Diagonal Gaussian MLPs: the whole step in numpy, written into the buffer's arrays
+    numpy_pass = None if buffer_rows is None else NumpyGaussianPass.for_forward(forward, env.num_envs)
+    value_arrays, log_prob_arrays = rollout_buffer.values[..., np.newaxis], rollout_buffer.log_probs
 
     while n_steps < n_rollout_steps:
         if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
@@ -374,16 +519,16 @@ def collect_rollouts(
             obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
         if buffer_rows is None:
             action_tensor, values, log_probs = forward(self._last_obs, obs_tensor)  # type: ignore[arg-type]
+            actions = action_tensor.cpu().numpy()
         else:
             value_rows, log_prob_rows = buffer_rows
             position = rollout_buffer.pos
-            action_tensor, values, log_probs = forward(
-                self._last_obs,  # type: ignore[arg-type]
-                obs_tensor,
-                value_rows[position],
-                log_prob_rows[position],
-            )
-        actions = action_tensor.cpu().numpy()
+            values, log_probs = value_rows[position], log_prob_rows[position]  # the buffer's rows, as tensors
+            if numpy_pass is not None and isinstance(self._last_obs, np.ndarray):
+                actions = numpy_pass(self._last_obs, value_arrays[position], log_prob_arrays[position])
+            else:
+                action_tensor, values, log_probs = forward(self._last_obs, obs_tensor, values, log_probs)  # type: ignore[arg-type]
+                actions = action_tensor.cpu().numpy()
 
         clipped_actions = actions
         if isinstance(self.action_space, spaces.Box):
