@@ -68,8 +68,8 @@ SUPPORTED_DISTRIBUTIONS = (
 # log(sqrt(2 pi)), the constant of torch's Normal.log_prob
 LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 # Most multiply-adds in one matrix product of the numpy pass (rows x inputs x outputs). numpy's BLAS may run larger
-# products on worker threads (OpenBLAS in numpy's wheels did from about 4x this size), which torch.set_num_threads
-# does not control; policies with larger layers, or more envs, keep the torch pass.
+# products on worker threads (OpenBLAS in numpy's wheels did at 16x this size, not up to 4x), which
+# torch.set_num_threads does not control; policies with larger layers, or more envs, keep the torch pass.
 NUMPY_PASS_MAX_PRODUCT = 65536
 
 # (transposed weight, bias, activation) of a linear layer followed by an elementwise activation (or None)
