@@ -67,10 +67,13 @@ SUPPORTED_DISTRIBUTIONS = (
 )
 # log(sqrt(2 pi)), the constant of torch's Normal.log_prob
 LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
-# Most multiply-adds in one matrix product of the numpy pass (rows x inputs x outputs). numpy's BLAS may run larger
-# products on worker threads (OpenBLAS in numpy's wheels did at 16x this size, not up to 4x), which
-# torch.set_num_threads does not control; policies with larger layers, or more envs, keep the torch pass.
-NUMPY_PASS_MAX_PRODUCT = 65536
+# Most multiply-adds in one matrix product of the numpy pass (rows x inputs x outputs): 2 envs through a 256x256 layer
+# (npg.yml's HalfCheetah-v5 entry). numpy's BLAS may run larger products on worker threads, which
+# torch.set_num_threads does not control; policies with larger layers, or more envs, keep the torch pass. With one
+# env numpy hands BLAS a matrix-vector product, which older OpenBLAS builds (numpy 1.23's wheels) thread from 9216
+# multiply-adds; matrix products of 2 rows or more stayed on the calling thread at this size with numpy 1.23 and 2.4.
+NUMPY_PASS_MAX_PRODUCT = 131072
+NUMPY_PASS_MAX_VECTOR_PRODUCT = 8192
 
 # (transposed weight, bias, activation) of a linear layer followed by an elementwise activation (or None)
 Layer = tuple[th.Tensor, th.Tensor | None, Callable[[th.Tensor], th.Tensor] | None]
@@ -369,6 +372,7 @@ class NumpyGaussianPass:
         :return: the numpy pass, or ``None`` unless the policy is a diagonal Gaussian (not gSDE) MLP on the CPU with
             ``float32`` parameters, ``tanh``/``relu`` (or no) activations, features read from the observation array,
             and no matrix product above :data:`NUMPY_PASS_MAX_PRODUCT` multiply-adds per step
+            (:data:`NUMPY_PASS_MAX_VECTOR_PRODUCT` with one env)
         """
         if type(forward.distribution) is not DiagGaussianDistribution or not forward.flat_box_features:
             return None
@@ -380,7 +384,8 @@ class NumpyGaussianPass:
             return None
         if any(activation is not None and activation not in NUMPY_ACTIVATIONS for _, _, activation in layers):
             return None
-        if any(n_envs * weight_t.shape[0] * weight_t.shape[1] > NUMPY_PASS_MAX_PRODUCT for weight_t, _, _ in layers):
+        max_product = NUMPY_PASS_MAX_VECTOR_PRODUCT if n_envs == 1 else NUMPY_PASS_MAX_PRODUCT
+        if any(n_envs * weight_t.shape[0] * weight_t.shape[1] > max_product for weight_t, _, _ in layers):
             return None
         return cls(forward, n_envs)
 
