@@ -333,7 +333,7 @@ def worker_threads_cpu_ticks() -> int:
 def test_numpy_pass_products_run_on_the_calling_thread(rows: int) -> None:
     """
     The largest products the numpy pass accepts use no BLAS worker thread (torch.set_num_threads does not limit
-    numpy's BLAS): while they take 0.2 s of the calling thread's CPU, the other threads take less than a tenth of it
+    numpy's BLAS): while they take 0.2 s of the calling thread's CPU, the other threads take less than a quarter of it
     (a BLAS that shares the work would take about as much on a worker).
     """
     max_product = NUMPY_PASS_MAX_VECTOR_PRODUCT if rows == 1 else NUMPY_PASS_MAX_PRODUCT
@@ -344,7 +344,7 @@ def test_numpy_pass_products_run_on_the_calling_thread(rows: int) -> None:
     while time.thread_time() - start < 0.2:
         for _ in range(100):
             hidden @ weight_t
-    assert worker_threads_cpu_ticks() - before < 0.02 * os.sysconf("SC_CLK_TCK")
+    assert worker_threads_cpu_ticks() - before < 0.05 * os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.filterwarnings("ignore:NPG's critic does not train a shared features extractor")
