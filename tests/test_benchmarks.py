@@ -1,7 +1,7 @@
 """
 Tests of the benchmark pipeline's own logic: the per-update log of ``benchmarks/zoo_run.py``, its copy beside the
-results (``benchmarks/rewards.py``), and the rliable statistics of ``benchmarks/heldout_stats.py`` on tiny
-synthetic results files.
+results (``benchmarks/rewards.py``), the rliable statistics of ``benchmarks/heldout_stats.py`` and the collapse
+diagnosis of ``benchmarks/diagnose_collapse.py`` on tiny synthetic results files.
 """
 
 import csv
@@ -188,3 +188,61 @@ def test_collapse_finds_runs_that_end_below_the_threshold_of_their_best_evaluati
     assert (tmp_path / "diagnosis" / "npg_Hopper-v5_seed5.png").is_file()
     with pytest.raises(SystemExit):
         diagnose_collapse.main(["--results", str(results), "--threshold", "1.5"])
+
+
+def test_comparison_sets_each_run_beside_the_other_algorithms_run_on_the_same_seed(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def update_log(name: str, samples: int, kl_key: str, kl: float, target_kl: float) -> str:
+        rows = [
+            {
+                "time/total_timesteps": samples * (i + 1),
+                "target_kl": target_kl,
+                kl_key: kl * (1 + i % 2),  # alternating kl, 2 kl: median 1.5 kl
+                "train/std": 1.0 - i / 100,
+                "rollout/ep_rew_mean": 10.0 * i,
+                "rollout/ep_len_mean": 5.0 * i,
+            }
+            for i in range(40_960 // samples)
+        ]
+        (tmp_path / "updates").mkdir(exist_ok=True)
+        with gzip.open(tmp_path / "updates" / name, "wt", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return f"updates/{name}"
+
+    curve = {"curve_steps": [20_480, 40_960], "curve_returns": [100.0, 200.0], "n_timesteps": 40_960, "steps": 40_960}
+    runs = [
+        {"algo": "npg", "seed": 5, "update_log": update_log("npg5.csv.gz", 4096, "train/kl_divergence", 0.08, 0.1)},
+        {"algo": "trpo", "seed": 5, "update_log": update_log("trpo5.csv.gz", 2048, "train/kl_divergence_loss", 0.006, 0.01)},
+        # another seed's TRPO run, which must not be paired with NPG's seed 5
+        {"algo": "trpo", "seed": 6, "update_log": update_log("trpo6.csv.gz", 1024, "train/kl_divergence_loss", 0.5, 0.01)},
+    ]
+    results = tmp_path / "rewards.jsonl"
+    results.write_text(
+        "".join(json.dumps({**run, "env": "Hopper-v5", "final_mean_return": 200.0, **curve}) + "\n" for run in runs)
+    )
+
+    diagnose_collapse.main(["--results", str(results), "--algos", "npg", "--compare", "trpo"])
+    assert (tmp_path / "diagnosis" / "npg_vs_trpo_Hopper-v5_seed5.png").stat().st_size > 10_000
+    assert not (tmp_path / "diagnosis" / "npg_vs_trpo_Hopper-v5_seed6.png").exists()
+    printed = capsys.readouterr().out
+    assert printed.count(" against trpo") == 1
+    assert "trpo's logged KL times 3" in printed  # TRPO's KL is a mean over Hopper's 3 action dimensions
+
+    npg_rows = diagnose_collapse.read_update_log(tmp_path / runs[0]["update_log"])
+    summary = diagnose_collapse.comparison_summary({"final_mean_return": 200.0}, npg_rows)
+    assert summary["samples per update"] == 4096 and summary["updates"] == 10
+    assert summary["KL per update"] == pytest.approx(0.12)
+    assert summary["KL per 1000 samples"] == pytest.approx(0.12 / 4.096)
+    assert summary["summed KL"] == pytest.approx(5 * 0.08 + 5 * 0.16)
+    assert (summary["first std"], summary["last std"]) == (1.0, pytest.approx(0.91))
+    assert (summary["last training return"], summary["last training ep. length"]) == (90.0, 45.0)
+    trpo_rows = diagnose_collapse.read_update_log(tmp_path / runs[1]["update_log"])
+    assert diagnose_collapse.summed_kl_factor("Hopper-v5", npg_rows) == 1
+    assert diagnose_collapse.summed_kl_factor("Hopper-v5", trpo_rows) == 3
+    assert diagnose_collapse.summed_kl_factor("CartPole-v1", trpo_rows) == 1  # Discrete: one KL per state already
+    series = diagnose_collapse.comparison_series(trpo_rows, 3)
+    assert series["KL per update"][:2] == pytest.approx([0.018, 0.036])
+    assert series["summed KL"][-1] == pytest.approx(3 * (10 * 0.006 + 10 * 0.012))
