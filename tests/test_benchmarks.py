@@ -1,7 +1,8 @@
 """
 Tests of the benchmark pipeline's own logic: the per-update log of ``benchmarks/zoo_run.py``, its copy beside the
 results (``benchmarks/rewards.py``), the rliable statistics of ``benchmarks/heldout_stats.py`` and the collapse
-diagnosis of ``benchmarks/diagnose_collapse.py`` on tiny synthetic results files.
+diagnosis of ``benchmarks/diagnose_collapse.py`` on tiny synthetic results files, and the policy probe of
+``benchmarks/probe_policy.py`` on tiny saved models.
 """
 
 import csv
@@ -13,9 +14,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch as th
 from sb3_contrib import TRPO
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_npg import NPG
 
@@ -24,6 +27,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import diagnose_collapse  # noqa: E402
 import heldout_stats  # noqa: E402
+import probe_policy  # noqa: E402
 import rewards  # noqa: E402
 import zoo_run  # noqa: E402
 
@@ -246,3 +250,32 @@ def test_comparison_sets_each_run_beside_the_other_algorithms_run_on_the_same_se
     series = diagnose_collapse.comparison_series(trpo_rows, 3)
     assert series["KL per update"][:2] == pytest.approx([0.018, 0.036])
     assert series["summed KL"][-1] == pytest.approx(3 * (10 * 0.006 + 10 * 0.012))
+
+
+def test_probe_tells_episodes_that_reach_the_time_limit_from_those_that_fall(tmp_path: pathlib.Path) -> None:
+    # an rl_zoo3 log folder's layout, with a model and VecNormalize statistics
+    for env_id, algo in (("Pendulum-v1", TRPO), ("InvertedPendulum-v5", NPG), ("CartPole-v1", NPG)):
+        run_dir = tmp_path / env_id / algo.__name__.lower() / f"{env_id}_1"
+        (run_dir / env_id).mkdir(parents=True)
+        env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=0), norm_reward=False)
+        algo("MlpPolicy", env, n_steps=64, batch_size=64, seed=0).save(run_dir / f"{env_id}.zip")
+        env.save(str(run_dir / env_id / "vecnormalize.pkl"))
+    with pytest.raises(ValueError, match="checkpoint"):
+        probe_policy.run_paths(tmp_path / "Pendulum-v1", "last")
+    with pytest.raises(ValueError, match="Box actions"):
+        probe_policy.main(["noise", str(tmp_path / "CartPole-v1"), "--episodes", "1"])
+
+    # Pendulum never ends before its time limit of 200 steps; an untrained policy drops the inverted pendulum early
+    rows = probe_policy.main(["noise", str(tmp_path / "Pendulum-v1"), "--episodes", "2", "--noise-scales", "0.5"])
+    assert [row["noise_scale"] for row in rows] == [0.0, 0.5]
+    assert all(row["timeouts"] == 1.0 and row["length"] == 200 for row in rows)
+    algo_name, env_id, model, vecnormalize = probe_policy.run_paths(tmp_path / "InvertedPendulum-v5", "final")
+    assert (algo_name, env_id, model.name) == ("npg", "InvertedPendulum-v5", "InvertedPendulum-v5.zip")
+    assert vecnormalize.is_file()
+    rows = probe_policy.main(["noise", str(tmp_path / "InvertedPendulum-v5"), "--episodes", "3", "--noise-scales", "1"])
+    assert all(row["timeouts"] == 0.0 and row["length"] < 1000 for row in rows)
+
+
+def test_pairwise_cosines_of_step_directions() -> None:
+    vectors = [th.tensor([1.0, 0.0]), th.tensor([2.0, 0.0]), th.tensor([0.0, -3.0])]
+    assert probe_policy.pairwise_cosines(vectors) == pytest.approx([1.0, 0.0, 0.0])
