@@ -18,7 +18,7 @@ Two cheap measurements (seconds to a few minutes of CPU) on a run's saved model 
     near 0 when the sampling noise of a rollout dominates it.
 ``continue``
     Train on from the saved policy and critic with NPG (the MuJoCo entries' values: 2 envs, ``--n-steps`` per env,
-    ``--target-kl``, the damped step) for ``--steps`` steps, with the deterministic return every
+    ``--target-kl``, ``--cg-damping``, the damped step) for ``--steps`` steps, with the deterministic return every
     ``--eval-every`` updates: whether NPG's steps keep, improve or break a policy another run ended with.
 ``figure``
     Draw the ``continue`` lines of a JSON lines file written with ``--out`` (the positional argument): the
@@ -194,10 +194,12 @@ def probe_continue(
     eval_every: int,
     n_episodes: int,
     seed: int,
+    cg_damping: float = 0.1,
 ) -> list[dict[str, Any]]:
     """
-    Deterministic return (and training return) every ``eval_every`` updates of NPG trained on from the saved policy
-    (observation statistics updated as in training, copied to the evaluation env before each evaluation).
+    Deterministic return (and training return, and the median KL of the last ``eval_every`` updates) every
+    ``eval_every`` updates of NPG trained on from the saved policy (observation statistics updated as in training,
+    copied to the evaluation env before each evaluation).
     """
     venv = DummyVecEnv([lambda: Monitor(gym.make(env_id)) for _ in range(2)])  # Monitor: the training returns
     venv.seed(seed)
@@ -214,7 +216,7 @@ def probe_continue(
         n_critic_updates=20,
         learning_rate=1e-3,
         cg_max_steps=25,
-        cg_damping=0.1,
+        cg_damping=cg_damping,
         target_kl=target_kl,
         damped_step_size=True,
         policy_kwargs=model.policy_kwargs,
@@ -223,6 +225,14 @@ def probe_continue(
     )
     npg.policy.load_state_dict(model.policy.state_dict())
     npg.set_logger(configure(None, []))
+    measured: list[float] = []  # the KL of each update, read before the logger's dump clears it
+    train = npg.train
+
+    def train_and_record() -> None:
+        train()
+        measured.append(npg.logger.name_to_value["train/kl_divergence"])
+
+    npg.train = train_and_record  # type: ignore[method-assign]
     rows = []
     steps_per_eval = eval_every * n_steps * 2
     for done_steps in range(0, total_steps + 1, steps_per_eval):
@@ -235,7 +245,9 @@ def probe_continue(
                 "steps": done_steps,
                 "target_kl": target_kl,
                 "n_steps": n_steps,
+                "cg_damping": cg_damping,
                 "training_return": float(np.mean(episodes[-20:])),
+                "median_kl": float(np.median(measured[-eval_every:])) if done_steps else float("nan"),
                 **run_episodes(npg, eval_env, n_episodes, None),
             }
         )
@@ -243,36 +255,44 @@ def probe_continue(
 
 
 def plot_continue(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
-    """The ``continue`` rows: deterministic (solid) and training (dotted) return per source run and ``target_kl``."""
+    """
+    The ``continue`` rows: deterministic (solid) and training (dotted) return per source run, one colour per
+    ``(target_kl, cg_damping)`` (a row without ``cg_damping`` had the default, 0.1).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [row for row in rows if row.get("mode") == "continue"]
+    rows = [{"cg_damping": 0.1, **row} for row in rows if row.get("mode") == "continue"]
     if not rows:
         raise ValueError("no 'continue' lines to draw")
-    sources = sorted({(row["algo"], row["log_dir"], row["checkpoint"]) for row in rows})
-    kls = sorted({row["target_kl"] for row in rows})
-    palette = ("tab:blue", "tab:green", "tab:purple", "tab:orange")[: len(kls) - 1]
-    colours = dict(zip(kls, (*palette, "tab:red"), strict=False))  # the largest target_kl in red
+
+    def source(row: dict[str, Any]) -> tuple[str, str, str]:
+        return row["algo"], row["log_dir"], row["checkpoint"]
+
+    def setting(row: dict[str, Any]) -> tuple[float, float]:
+        return row["target_kl"], row["cg_damping"]
+
+    settings = sorted({setting(row) for row in rows})
+    palette = ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange", "tab:brown")
+    colours = dict(zip(settings, palette, strict=False))
+    sources = sorted({source(row) for row in rows})
     fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4), squeeze=False, sharey=True)
-    for ax, source in zip(axes[0], sources, strict=True):
-        runs = sorted(
-            {(row["target_kl"], row["seed"]) for row in rows if (row["algo"], row["log_dir"], row["checkpoint"]) == source}
-        )
-        for kl, seed in runs:
-            mine = [
-                row
-                for row in rows
-                if (row["algo"], row["log_dir"], row["checkpoint"], row["target_kl"], row["seed"]) == (*source, kl, seed)
-            ]
+    for ax, run_source in zip(axes[0], sources, strict=True):
+        labelled = set()
+        for chosen, seed in sorted({(setting(row), row["seed"]) for row in rows if source(row) == run_source}):
+            mine = [row for row in rows if (source(row), setting(row), row["seed"]) == (run_source, chosen, seed)]
             steps = [row["steps"] for row in mine]
-            label = f"target_kl {kl:g}" if seed == min(s for k, s in runs if k == kl) else None
-            ax.plot(steps, [row["return"] for row in mine], "o-", color=colours.get(kl, "k"), markersize=3, label=label)
-            ax.plot(steps, [row["training_return"] for row in mine], ":", color=colours.get(kl, "k"), linewidth=1)
-        name = pathlib.Path(source[1]).name.split("_")[0].replace("seed", "seed ")
-        ax.set_title(f"from {source[0].upper()}'s {rows[0]['env']} {name} policy ({source[2]} model)", fontsize="medium")
+            label = None if chosen in labelled else f"target_kl {chosen[0]:g}, cg_damping {chosen[1]:g}"
+            labelled.add(chosen)
+            colour = colours.get(chosen, "k")
+            ax.plot(steps, [row["return"] for row in mine], "o-", color=colour, markersize=3, label=label)
+            ax.plot(steps, [row["training_return"] for row in mine], ":", color=colour, linewidth=1)
+        name = pathlib.Path(run_source[1]).name.split("_")[0].replace("seed", "seed ")
+        ax.set_title(
+            f"from {run_source[0].upper()}'s {rows[0]['env']} {name} policy ({run_source[2]} model)", fontsize="medium"
+        )
         ax.set_xlabel("steps trained on with NPG")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
@@ -294,6 +314,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rollouts", type=int, default=4)
     parser.add_argument("--rollout-steps", type=int, default=4096)
     parser.add_argument("--target-kl", type=float, default=0.1, help="continue: NPG's target_kl")
+    parser.add_argument("--cg-damping", type=float, default=0.1, help="continue: NPG's cg_damping")
     parser.add_argument("--n-steps", type=int, default=2048, help="continue: samples per env per update (2 envs)")
     parser.add_argument("--steps", type=int, default=163840, help="continue: steps to train on")
     parser.add_argument("--eval-every", type=int, default=5, help="continue: updates between evaluations")
@@ -305,6 +326,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(scale <= 0 for scale in args.noise_scales) or any(kl <= 0 for kl in args.kls) or args.target_kl <= 0:
         parser.error("--noise-scales, --kls and --target-kl must be > 0")
+    if args.cg_damping < 0:
+        parser.error(f"--cg-damping must be >= 0, got {args.cg_damping}")
     if args.mode == "figure":
         rows = [json.loads(line) for line in args.log_dir.read_text().splitlines() if line.strip()]
         plot_continue(rows, args.figure)
@@ -323,7 +346,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows = probe_noise(model, env, args.noise_scales, args.episodes)
     elif args.mode == "continue":
         rows = probe_continue(
-            model, env_id, vecnormalize, args.target_kl, args.n_steps, args.steps, args.eval_every, args.episodes, args.seed
+            model,
+            env_id,
+            vecnormalize,
+            args.target_kl,
+            args.n_steps,
+            args.steps,
+            args.eval_every,
+            args.episodes,
+            args.seed,
+            args.cg_damping,
         )
     else:
         rows = probe_step(model, env, args.kls, args.rollouts, args.rollout_steps, args.episodes, args.seed)

@@ -279,3 +279,19 @@ def test_probe_tells_episodes_that_reach_the_time_limit_from_those_that_fall(tmp
 def test_pairwise_cosines_of_step_directions() -> None:
     vectors = [th.tensor([1.0, 0.0]), th.tensor([2.0, 0.0]), th.tensor([0.0, -3.0])]
     assert probe_policy.pairwise_cosines(vectors) == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_probe_figure_draws_the_continue_lines_and_refuses_a_file_without_any(tmp_path: pathlib.Path) -> None:
+    base = {"algo": "trpo", "env": "Hopper-v5", "log_dir": "runs/seed5_1000000", "checkpoint": "final", "mode": "continue"}
+    rows = [
+        {**base, "seed": 1, "target_kl": kl, **damping, "steps": steps, "return": 3600.0, "training_return": 2500.0}
+        for kl, damping in ((0.01, {}), (0.1, {"cg_damping": 0.3}))  # a row without cg_damping had the default
+        for steps in (0, 8192)
+    ]
+    lines = tmp_path / "probes.jsonl"
+    lines.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    probe_policy.main(["figure", str(lines), "--figure", str(tmp_path / "continue.png")])
+    assert (tmp_path / "continue.png").stat().st_size > 10_000
+    lines.write_text(json.dumps({**base, "mode": "noise"}) + "\n")
+    with pytest.raises(ValueError, match="no 'continue' lines"):
+        probe_policy.main(["figure", str(lines), "--figure", str(tmp_path / "none.png")])
