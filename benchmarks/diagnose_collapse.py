@@ -18,7 +18,7 @@ Figures: ``<out-dir>/<algo>_<env>_seed<seed>.png`` (default out-dir: ``diagnosis
 With ``--compare OTHER`` it also sets each run of ``--algos`` beside the run of algorithm ``OTHER`` on the same env
 and seed (both with a per-update log, collapsed or not): a summary of each (samples per update, number of updates,
 the median KL per update and per 1000 samples, the KL summed over the run, std, advantage scale, the last training
-episodes' return and length, the final deterministic return), the medians of each evaluation interval side by
+episodes' return and length, the final deterministic return), the medians of each 100k steps side by
 side, and a figure ``<algo>_vs_<other>_<env>_seed<seed>.png``. For instance NPG against TRPO on Hopper::
 
     python benchmarks/diagnose_collapse.py --envs Hopper-v5 --algos npg --compare trpo
@@ -125,9 +125,9 @@ def comparison_summary(run: dict[str, Any], rows: list[dict[str, float]], kl_fac
 
 
 def print_comparison(pair: list[tuple[dict[str, Any], list[dict[str, float]]]]) -> None:
-    """Two runs of the same env and seed: their summaries, then the medians of each evaluation interval side by side."""
+    """Two runs of the same env and seed: their summaries, then the medians of each 100k steps side by side."""
     (run, rows), (other, other_rows) = pair
-    names = [f"{run['algo']}", f"{other['algo']}"]
+    names = [run["algo"], other["algo"]]
     print(f"\n{names[0]} against {names[1]}, {run['env']} seed {run['seed']}:")
     factors = [summed_kl_factor(run["env"], rows), summed_kl_factor(other["env"], other_rows)]
     for algo, factor in ((run["algo"], factors[0]), (other["algo"], factors[1])):
