@@ -256,8 +256,8 @@ def probe_continue(
 
 def plot_continue(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
     """
-    The ``continue`` rows: deterministic (solid) and training (dotted) return per source run, one colour per
-    ``(target_kl, cg_damping)`` (a row without ``cg_damping`` had the default, 0.1).
+    The ``continue`` rows: deterministic (solid) and training (dotted) return against the updates, per source run,
+    one colour per ``(target_kl, cg_damping, n_steps)`` (a row without ``cg_damping`` had the default, 0.1).
     """
     import matplotlib
 
@@ -271,31 +271,31 @@ def plot_continue(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
     def source(row: dict[str, Any]) -> tuple[str, str, str]:
         return row["algo"], row["log_dir"], row["checkpoint"]
 
-    def setting(row: dict[str, Any]) -> tuple[float, float]:
-        return row["target_kl"], row["cg_damping"]
+    def setting(row: dict[str, Any]) -> tuple[float, float, int]:
+        return row["target_kl"], row["cg_damping"], row["n_steps"]
 
     settings = sorted({setting(row) for row in rows})
     palette = ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange", "tab:brown")
     colours = dict(zip(settings, palette, strict=False))
     sources = sorted({source(row) for row in rows})
-    fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4.5), squeeze=False, sharey=True)
     for ax, run_source in zip(axes[0], sources, strict=True):
         labelled = set()
         for chosen, seed in sorted({(setting(row), row["seed"]) for row in rows if source(row) == run_source}):
             mine = [row for row in rows if (source(row), setting(row), row["seed"]) == (run_source, chosen, seed)]
-            steps = [row["steps"] for row in mine]
-            label = None if chosen in labelled else f"target_kl {chosen[0]:g}, cg_damping {chosen[1]:g}"
+            updates = [row["steps"] / (2 * row["n_steps"]) for row in mine]  # 2 envs
+            label = None if chosen in labelled else f"target_kl {chosen[0]:g}, cg_damping {chosen[1]:g}, n_steps {chosen[2]}"
             labelled.add(chosen)
             colour = colours.get(chosen, "k")
-            ax.plot(steps, [row["return"] for row in mine], "o-", color=colour, markersize=3, label=label)
-            ax.plot(steps, [row["training_return"] for row in mine], ":", color=colour, linewidth=1)
+            ax.plot(updates, [row["return"] for row in mine], "o-", color=colour, markersize=3, label=label)
+            ax.plot(updates, [row["training_return"] for row in mine], ":", color=colour, linewidth=1)
         name = pathlib.Path(run_source[1]).name.split("_")[0].replace("seed", "seed ")
         ax.set_title(
             f"from {run_source[0].upper()}'s {rows[0]['env']} {name} policy ({run_source[2]} model)", fontsize="medium"
         )
-        ax.set_xlabel("steps trained on with NPG")
+        ax.set_xlabel("NPG updates from the saved policy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="x-small", loc="lower left")
     axes[0][0].set_ylabel("return: deterministic (solid), training (dotted)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -283,8 +283,9 @@ def test_pairwise_cosines_of_step_directions() -> None:
 
 def test_probe_figure_draws_the_continue_lines_and_refuses_a_file_without_any(tmp_path: pathlib.Path) -> None:
     base = {"algo": "trpo", "env": "Hopper-v5", "log_dir": "runs/seed5_1000000", "checkpoint": "final", "mode": "continue"}
+    result = {"return": 3600.0, "training_return": 2500.0}
     rows = [
-        {**base, "seed": 1, "target_kl": kl, **damping, "steps": steps, "return": 3600.0, "training_return": 2500.0}
+        {**base, **result, "seed": 1, "target_kl": kl, **damping, "n_steps": 2048, "steps": steps}
         for kl, damping in ((0.01, {}), (0.1, {"cg_damping": 0.3}))  # a row without cg_damping had the default
         for steps in (0, 8192)
     ]
