@@ -14,6 +14,14 @@ quantities against the steps, with the other runs of the same env and algorithm 
     python benchmarks/diagnose_collapse.py --results benchmarks/results/rewards.jsonl --out-dir /tmp/diagnosis
 
 Figures: ``<out-dir>/<algo>_<env>_seed<seed>.png`` (default out-dir: ``diagnosis/`` beside the results file).
+
+With ``--compare OTHER`` it also sets each run of ``--algos`` beside the run of algorithm ``OTHER`` on the same env
+and seed (both with a per-update log, collapsed or not): a summary of each (samples per update, number of updates,
+the median KL per update and per 1000 samples, the KL summed over the run, std, advantage scale, the last training
+episodes' return and length, the final deterministic return), the medians of each 100k steps side by
+side, and a figure ``<algo>_vs_<other>_<env>_seed<seed>.png``. For instance NPG against TRPO on Hopper::
+
+    python benchmarks/diagnose_collapse.py --envs Hopper-v5 --algos npg --compare trpo
 """
 
 import argparse
@@ -51,6 +59,144 @@ def quantities(row: dict[str, float]) -> dict[str, float]:
         "expl. var.": row.get("train/explained_variance", math.nan),
         "adv. std": row.get("train/advantage_std", math.nan),
     }
+
+
+#: The quantities the comparison of two runs shows (see :func:`comparison_series`).
+COMPARED = ("KL per update", "summed KL", "std", "adv. std", "training return", "training ep. length")
+
+
+def summed_kl_factor(env_id: str, rows: list[dict[str, float]]) -> float:
+    """
+    What turns a run's logged KL into the KL summed over action dimensions (NPG's measure): 1 for NPG's
+    ``train/kl_divergence``; for TRPO's ``train/kl_divergence_loss``, a mean over states *and* action dimensions of a
+    ``Box`` action space, the number of action dimensions (1 for the other spaces, whose SB3 KL is one value per state).
+    """
+    if not rows or kl_key(rows[0]) == "train/kl_divergence":
+        return 1.0
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    space = env.action_space
+    env.close()
+    return float(np.prod(space.shape)) if isinstance(space, gym.spaces.Box) else 1.0
+
+
+def comparison_series(rows: list[dict[str, float]], kl_factor: float = 1.0) -> dict[str, np.ndarray]:
+    """
+    Per update of one run: the steps, the measured KL (times ``kl_factor``, see :func:`summed_kl_factor`), the KL
+    summed over the updates so far, the policy std, the advantage scale and the last 100 training episodes' return and
+    length (NaN where not logged).
+    """
+    kl = kl_factor * np.array([row.get(kl_key(row), math.nan) for row in rows])
+    return {
+        "steps": np.array([row["time/total_timesteps"] for row in rows]),
+        "KL per update": kl,
+        "summed KL": np.nancumsum(kl),
+        "std": np.array([row.get("train/std", math.nan) for row in rows]),
+        "adv. std": np.array([row.get("train/advantage_std", math.nan) for row in rows]),
+        "training return": np.array([row.get("rollout/ep_rew_mean", math.nan) for row in rows]),
+        "training ep. length": np.array([row.get("rollout/ep_len_mean", math.nan) for row in rows]),
+    }
+
+
+def comparison_summary(run: dict[str, Any], rows: list[dict[str, float]], kl_factor: float = 1.0) -> dict[str, float]:
+    """
+    One run's figures for the comparison: samples per update (the median step between updates), number of updates,
+    median KL per update and per 1000 samples, the KL summed over the run (all KL times ``kl_factor``), the first and
+    last std and advantage scale, the last training return and episode length, the final deterministic return.
+    """
+    series = comparison_series(rows, kl_factor)
+    samples = float(np.median(np.diff(series["steps"]))) if len(rows) > 1 else float(series["steps"][0])
+    kl = float(np.nanmedian(series["KL per update"]))
+    return {
+        "samples per update": samples,
+        "updates": float(len(rows)),
+        "KL per update": kl,
+        "KL per 1000 samples": 1000 * kl / samples,
+        "summed KL": float(series["summed KL"][-1]),
+        "first std": float(series["std"][0]),
+        "last std": float(series["std"][-1]),
+        "first adv. std": float(series["adv. std"][0]),
+        "last adv. std": float(series["adv. std"][-1]),
+        "last training return": float(series["training return"][-1]),
+        "last training ep. length": float(series["training ep. length"][-1]),
+        "final return": float(run["final_mean_return"]),
+    }
+
+
+def print_comparison(pair: list[tuple[dict[str, Any], list[dict[str, float]]]]) -> None:
+    """Two runs of the same env and seed: their summaries, then the medians of each 100k steps side by side."""
+    (run, rows), (other, other_rows) = pair
+    names = [run["algo"], other["algo"]]
+    print(f"\n{names[0]} against {names[1]}, {run['env']} seed {run['seed']}:")
+    factors = [summed_kl_factor(run["env"], rows), summed_kl_factor(other["env"], other_rows)]
+    for algo, factor in ((run["algo"], factors[0]), (other["algo"], factors[1])):
+        if factor != 1:
+            print(f"  (KL summed over the action dimensions, as NPG measures it: {algo}'s logged KL times {factor:g})")
+    summaries = [comparison_summary(run, rows, factors[0]), comparison_summary(other, other_rows, factors[1])]
+    for key in summaries[0]:
+        print(f"  {key:>26}  {summaries[0][key]:10.4g}  {summaries[1][key]:10.4g}")
+    header = "  ".join(f"{name[:14]:>14}" for name in COMPARED)
+    print(f"  medians per 100k steps ({names[0]} / {names[1]}):\n  {'steps':>13}  {header}  {'evaluation':>11}")
+    both = [comparison_series(rows, factors[0]), comparison_series(other_rows, factors[1])]
+    end = int(max(series["steps"][-1] for series in both))
+    for start in range(0, end, 100_000):
+        cells = []
+        for name in COMPARED:
+            values = []
+            for series in both:
+                inside = (series["steps"] > start) & (series["steps"] <= start + 100_000)
+                finite = series[name][inside & np.isfinite(series[name])]
+                values.append(float(np.median(finite)) if finite.size else math.nan)
+            cells.append(f"{values[0]:6.3g}/{values[1]:<7.3g}")
+        evaluations = []
+        for candidate in (run, other):
+            found = [
+                r for s, r in zip(candidate["curve_steps"], candidate["curve_returns"], strict=True) if s == start + 100_000
+            ]
+            evaluations.append(f"{found[0]:.0f}" if found else "-")
+        print(
+            f"  {start // 1000:>5}k-{min(start + 100_000, end) // 1000:>5}k  {'  '.join(cells)}  {'/'.join(evaluations):>11}"
+        )
+
+
+def plot_comparison(pair: list[tuple[dict[str, Any], list[dict[str, float]]]], path: pathlib.Path) -> None:
+    """The evaluations, then each compared quantity against the steps, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.4), sharex=True)
+    panels = ["evaluations", *COMPARED, "KL / target"]
+    factors = [summed_kl_factor(run["env"], rows) for run, rows in pair]
+    for (run, rows), factor, colour in zip(pair, factors, ("tab:red", "tab:blue"), strict=True):
+        series = comparison_series(rows, factor)
+        label = f"{run['algo'].upper()} (final {run['final_mean_return']:.0f})"
+        for ax, name in zip(axes.flat, panels, strict=True):
+            if name == "evaluations":
+                ax.plot(run["curve_steps"], run["curve_returns"], "o-", color=colour, markersize=3, label=label)
+            elif name == "KL / target":
+                ax.plot(series["steps"], [quantities(row)["KL/target"] for row in rows], color=colour, linewidth=0.8)
+            else:
+                ax.plot(series["steps"], series[name], color=colour, linewidth=0.9)
+            ax.set_title(name, fontsize="medium")
+            ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize="small")
+    for name, ax in zip(panels, axes.flat, strict=True):
+        logged = np.concatenate([comparison_series(rows)[name] for _, rows in pair]) if name in COMPARED else np.array([])
+        if name in ("KL per update", "adv. std") and np.any(np.asarray(logged) > 0):  # not when the runs do not log it
+            ax.set_yscale("log")
+    for ax in axes[-1]:
+        ax.set_xlabel("environment steps")
+    run = pair[0][0]
+    fig.suptitle(
+        f"{run['env']} seed {run['seed']}: per-update logs of {pair[0][0]['algo']} and {pair[1][0]['algo']} "
+        "(KL summed over action dimensions; KL / target in each algorithm's own units)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def read_update_log(path: pathlib.Path) -> list[dict[str, float]]:
@@ -173,21 +319,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--envs", nargs="+", default=None, help="env ids or groups (classic, box2d, mujoco); default: all")
     parser.add_argument("--algos", nargs="+", default=None, help="default: all")
     parser.add_argument("--out-dir", type=pathlib.Path, default=None, help="default: diagnosis/ beside the results")
+    parser.add_argument("--compare", default=None, help="set each run beside this algorithm's run on the same env and seed")
     args = parser.parse_args(argv)
     if not 0 < args.threshold <= 1:
         parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
     envs = None if args.envs is None else expand_envs(args.envs)
-    runs = [
+    every_run = [
         run
         for runs in group_results(read_results(args.results)).values()
         for run in runs
-        if (envs is None or run["env"] in envs) and (args.algos is None or run["algo"] in args.algos)
+        if envs is None or run["env"] in envs
     ]
+    runs = [run for run in every_run if args.algos is None or run["algo"] in args.algos]
     logs = {
         id(run): read_update_log(args.results.parent / run["update_log"])
-        for run in runs
+        for run in every_run
         if run.get("update_log") and (args.results.parent / run["update_log"]).is_file()
     }
+    out_dir = args.out_dir or args.results.parent / "diagnosis"
     print(f"{'algo':>5} {'env':<24} {'seed':>4} {'final':>7} {'best':>7} {'final/best':>10}  per-update log")
     collapsed = []
     for run in runs:
@@ -200,7 +349,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
         if fall:
             collapsed.append({"run": run, **fall})
-    out_dir = args.out_dir or args.results.parent / "diagnosis"
     for found in collapsed:
         run = found["run"]
         rows = logs.get(id(run))
@@ -217,7 +365,35 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(f"  wrote {figure}")
     if not collapsed:
         print(f"\nno run ends below {args.threshold:.0%} of its best evaluation")
+    if args.compare is not None:
+        compare(runs, every_run, logs, args.compare, out_dir)
     return collapsed
+
+
+def compare(
+    runs: list[dict[str, Any]],
+    every_run: list[dict[str, Any]],
+    logs: dict[int, list[dict[str, float]]],
+    other_algo: str,
+    out_dir: pathlib.Path,
+) -> None:
+    """Each run with a log beside the ``other_algo`` run with a log on the same env and seed (see :func:`main`)."""
+    pairs = [
+        [(run, logs[id(run)]), (other, logs[id(other)])]
+        for run in runs
+        if id(run) in logs and run["algo"] != other_algo
+        for other in every_run
+        if id(other) in logs and other["algo"] == other_algo and (other["env"], other["seed"]) == (run["env"], run["seed"])
+    ]
+    if not pairs:
+        print(f"no run has a per-update log beside a {other_algo} run with one on the same env and seed")
+    for pair in pairs:
+        print_comparison(pair)
+        run = pair[0][0]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figure = out_dir / f"{run['algo']}_vs_{other_algo}_{run['env']}_seed{run['seed']}.png"
+        plot_comparison(pair, figure)
+        print(f"  wrote {figure}")
 
 
 if __name__ == "__main__":

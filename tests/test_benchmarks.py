@@ -1,7 +1,8 @@
 """
 Tests of the benchmark pipeline's own logic: the per-update log of ``benchmarks/zoo_run.py``, its copy beside the
-results (``benchmarks/rewards.py``), and the rliable statistics of ``benchmarks/heldout_stats.py`` on tiny
-synthetic results files.
+results (``benchmarks/rewards.py``), the rliable statistics of ``benchmarks/heldout_stats.py`` and the collapse
+diagnosis of ``benchmarks/diagnose_collapse.py`` on tiny synthetic results files, and the policy probe of
+``benchmarks/probe_policy.py`` on tiny saved models.
 """
 
 import csv
@@ -13,9 +14,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch as th
 from sb3_contrib import TRPO
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_npg import NPG
 
@@ -24,6 +27,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import diagnose_collapse  # noqa: E402
 import heldout_stats  # noqa: E402
+import probe_policy  # noqa: E402
 import rewards  # noqa: E402
 import zoo_run  # noqa: E402
 
@@ -188,3 +192,107 @@ def test_collapse_finds_runs_that_end_below_the_threshold_of_their_best_evaluati
     assert (tmp_path / "diagnosis" / "npg_Hopper-v5_seed5.png").is_file()
     with pytest.raises(SystemExit):
         diagnose_collapse.main(["--results", str(results), "--threshold", "1.5"])
+
+
+def test_comparison_sets_each_run_beside_the_other_algorithms_run_on_the_same_seed(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def update_log(name: str, samples: int, kl_key: str, kl: float, target_kl: float) -> str:
+        rows = [
+            {
+                "time/total_timesteps": samples * (i + 1),
+                "target_kl": target_kl,
+                kl_key: kl * (1 + i % 2),  # alternating kl, 2 kl: median 1.5 kl
+                "train/std": 1.0 - i / 100,
+                "rollout/ep_rew_mean": 10.0 * i,
+                "rollout/ep_len_mean": 5.0 * i,
+            }
+            for i in range(40_960 // samples)
+        ]
+        (tmp_path / "updates").mkdir(exist_ok=True)
+        with gzip.open(tmp_path / "updates" / name, "wt", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return f"updates/{name}"
+
+    curve = {"curve_steps": [20_480, 40_960], "curve_returns": [100.0, 200.0], "n_timesteps": 40_960, "steps": 40_960}
+    runs = [
+        {"algo": "npg", "seed": 5, "update_log": update_log("npg5.csv.gz", 4096, "train/kl_divergence", 0.08, 0.1)},
+        {"algo": "trpo", "seed": 5, "update_log": update_log("trpo5.csv.gz", 2048, "train/kl_divergence_loss", 0.006, 0.01)},
+        # another seed's TRPO run, which must not be paired with NPG's seed 5
+        {"algo": "trpo", "seed": 6, "update_log": update_log("trpo6.csv.gz", 1024, "train/kl_divergence_loss", 0.5, 0.01)},
+    ]
+    results = tmp_path / "rewards.jsonl"
+    results.write_text(
+        "".join(json.dumps({**run, "env": "Hopper-v5", "final_mean_return": 200.0, **curve}) + "\n" for run in runs)
+    )
+
+    diagnose_collapse.main(["--results", str(results), "--algos", "npg", "--compare", "trpo"])
+    assert (tmp_path / "diagnosis" / "npg_vs_trpo_Hopper-v5_seed5.png").stat().st_size > 10_000
+    assert not (tmp_path / "diagnosis" / "npg_vs_trpo_Hopper-v5_seed6.png").exists()
+    printed = capsys.readouterr().out
+    assert printed.count(" against trpo") == 1
+    assert "trpo's logged KL times 3" in printed  # TRPO's KL is a mean over Hopper's 3 action dimensions
+
+    npg_rows = diagnose_collapse.read_update_log(tmp_path / runs[0]["update_log"])
+    summary = diagnose_collapse.comparison_summary({"final_mean_return": 200.0}, npg_rows)
+    assert summary["samples per update"] == 4096 and summary["updates"] == 10
+    assert summary["KL per update"] == pytest.approx(0.12)
+    assert summary["KL per 1000 samples"] == pytest.approx(0.12 / 4.096)
+    assert summary["summed KL"] == pytest.approx(5 * 0.08 + 5 * 0.16)
+    assert (summary["first std"], summary["last std"]) == (1.0, pytest.approx(0.91))
+    assert (summary["last training return"], summary["last training ep. length"]) == (90.0, 45.0)
+    trpo_rows = diagnose_collapse.read_update_log(tmp_path / runs[1]["update_log"])
+    assert diagnose_collapse.summed_kl_factor("Hopper-v5", npg_rows) == 1
+    assert diagnose_collapse.summed_kl_factor("Hopper-v5", trpo_rows) == 3
+    assert diagnose_collapse.summed_kl_factor("CartPole-v1", trpo_rows) == 1  # Discrete: one KL per state already
+    series = diagnose_collapse.comparison_series(trpo_rows, 3)
+    assert series["KL per update"][:2] == pytest.approx([0.018, 0.036])
+    assert series["summed KL"][-1] == pytest.approx(3 * (10 * 0.006 + 10 * 0.012))
+
+
+def test_probe_tells_episodes_that_reach_the_time_limit_from_those_that_fall(tmp_path: pathlib.Path) -> None:
+    # an rl_zoo3 log folder's layout, with a model and VecNormalize statistics
+    for env_id, algo in (("Pendulum-v1", TRPO), ("InvertedPendulum-v5", NPG), ("CartPole-v1", NPG)):
+        run_dir = tmp_path / env_id / algo.__name__.lower() / f"{env_id}_1"
+        (run_dir / env_id).mkdir(parents=True)
+        env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=0), norm_reward=False)
+        algo("MlpPolicy", env, n_steps=64, batch_size=64, seed=0).save(run_dir / f"{env_id}.zip")
+        env.save(str(run_dir / env_id / "vecnormalize.pkl"))
+    with pytest.raises(ValueError, match="checkpoint"):
+        probe_policy.run_paths(tmp_path / "Pendulum-v1", "last")
+    with pytest.raises(ValueError, match="Box actions"):
+        probe_policy.main(["noise", str(tmp_path / "CartPole-v1"), "--episodes", "1"])
+
+    # Pendulum never ends before its time limit of 200 steps; an untrained policy drops the inverted pendulum early
+    rows = probe_policy.main(["noise", str(tmp_path / "Pendulum-v1"), "--episodes", "2", "--noise-scales", "0.5"])
+    assert [row["noise_scale"] for row in rows] == [0.0, 0.5]
+    assert all(row["timeouts"] == 1.0 and row["length"] == 200 for row in rows)
+    algo_name, env_id, model, vecnormalize = probe_policy.run_paths(tmp_path / "InvertedPendulum-v5", "final")
+    assert (algo_name, env_id, model.name) == ("npg", "InvertedPendulum-v5", "InvertedPendulum-v5.zip")
+    assert vecnormalize.is_file()
+    rows = probe_policy.main(["noise", str(tmp_path / "InvertedPendulum-v5"), "--episodes", "3", "--noise-scales", "1"])
+    assert all(row["timeouts"] == 0.0 and row["length"] < 1000 for row in rows)
+
+
+def test_pairwise_cosines_of_step_directions() -> None:
+    vectors = [th.tensor([1.0, 0.0]), th.tensor([2.0, 0.0]), th.tensor([0.0, -3.0])]
+    assert probe_policy.pairwise_cosines(vectors) == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_probe_figure_draws_the_continue_lines_and_refuses_a_file_without_any(tmp_path: pathlib.Path) -> None:
+    base = {"algo": "trpo", "env": "Hopper-v5", "log_dir": "runs/seed5_1000000", "checkpoint": "final", "mode": "continue"}
+    result = {"return": 3600.0, "training_return": 2500.0}
+    rows = [
+        {**base, **result, "seed": 1, "target_kl": kl, **damping, "n_steps": 2048, "steps": steps}
+        for kl, damping in ((0.01, {}), (0.1, {"cg_damping": 0.3}))  # a row without cg_damping had the default
+        for steps in (0, 8192)
+    ]
+    lines = tmp_path / "probes.jsonl"
+    lines.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    probe_policy.main(["figure", str(lines), "--figure", str(tmp_path / "continue.png")])
+    assert (tmp_path / "continue.png").stat().st_size > 10_000
+    lines.write_text(json.dumps({**base, "mode": "noise"}) + "\n")
+    with pytest.raises(ValueError, match="no 'continue' lines"):
+        probe_policy.main(["figure", str(lines), "--figure", str(tmp_path / "none.png")])
