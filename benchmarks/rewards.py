@@ -94,10 +94,19 @@ RunKey = tuple[str, str, int, int]  # algo, env, seed, steps
 
 
 def machine() -> dict[str, Any]:
-    """Where the numbers were measured."""
+    """Where the numbers were measured, and with which code (the commit of the ``sb3_npg`` checkout, if it is one)."""
     import stable_baselines3
     import torch
 
+    import sb3_npg
+
+    package_dir = pathlib.Path(sb3_npg.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package_dir), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None  # an installed package, not a checkout
     return {
         "host": platform.node(),
         "platform": platform.platform(),
@@ -105,7 +114,9 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "sb3": stable_baselines3.__version__,
+        "numpy": np.__version__,
         "torch_threads": 1,
+        "sb3_npg_commit": commit,
     }
 
 
