@@ -130,6 +130,27 @@ def probe_noise(model: BaseAlgorithm, env: VecNormalize, scales: list[float], n_
     return rows
 
 
+def npg_from_saved(model: BaseAlgorithm, env: VecNormalize, seed: int, **settings: Any) -> NPG:
+    """
+    NPG with the saved model's policy and critic (its ``policy_kwargs`` and weights) and the MuJoCo entries' damped
+    step (``batch_size`` 128, 25 CG steps), logging nowhere; ``settings`` are the probe's own NPG arguments.
+    """
+    npg = NPG(
+        "MlpPolicy",
+        env,
+        batch_size=128,
+        cg_max_steps=25,
+        damped_step_size=True,
+        policy_kwargs=model.policy_kwargs,
+        seed=seed,
+        device="cpu",
+        **settings,
+    )
+    npg.policy.load_state_dict(model.policy.state_dict())
+    npg.set_logger(configure(None, []))
+    return npg
+
+
 def probe_step(
     model: BaseAlgorithm,
     env: VecNormalize,
@@ -143,21 +164,7 @@ def probe_step(
     Deterministic return after one NPG step of each KL in ``kls`` from the saved policy, on ``n_rollouts`` fresh
     rollouts (the same rollout for every KL), with the return before any step as the reference.
     """
-    npg = NPG(
-        "MlpPolicy",
-        env,
-        n_steps=rollout_steps,
-        batch_size=128,
-        n_critic_updates=1,
-        cg_max_steps=25,
-        cg_damping=0.1,
-        damped_step_size=True,
-        policy_kwargs=model.policy_kwargs,
-        seed=seed,
-        device="cpu",
-    )
-    npg.policy.load_state_dict(model.policy.state_dict())
-    npg.set_logger(configure(None, []))
+    npg = npg_from_saved(model, env, seed, n_steps=rollout_steps, n_critic_updates=1, cg_damping=0.1)
     saved = {name: value.clone() for name, value in npg.policy.state_dict().items()}
     rows = [{"rollout": -1, "kl_target": 0.0, **run_episodes(npg, env, n_episodes, None)}]
     start = th.cat([parameter.detach().flatten() for parameter in npg.actor_parameters])
@@ -206,25 +213,18 @@ def probe_continue(
     train_env = VecNormalize.load(str(vecnormalize), venv)
     train_env.norm_reward = False
     eval_env = make_env(env_id, vecnormalize, seed + 1)
-    npg = NPG(
-        "MlpPolicy",
+    npg = npg_from_saved(
+        model,
         train_env,
+        seed,
         n_steps=n_steps,
-        batch_size=128,
         gamma=0.99,
         gae_lambda=0.95,
         n_critic_updates=20,
         learning_rate=1e-3,
-        cg_max_steps=25,
         cg_damping=cg_damping,
         target_kl=target_kl,
-        damped_step_size=True,
-        policy_kwargs=model.policy_kwargs,
-        seed=seed,
-        device="cpu",
     )
-    npg.policy.load_state_dict(model.policy.state_dict())
-    npg.set_logger(configure(None, []))
     measured: list[float] = []  # the KL of each update, read before the logger's dump clears it
     train = npg.train
 
