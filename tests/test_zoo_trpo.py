@@ -172,3 +172,11 @@ def test_zoo_entry_falls_back_to_v4_and_to_the_full_observation_env(env_id: str,
 
 def test_zoo_entry_never_uses_the_default_entry() -> None:
     assert zoo_entry({"default": {"policy": "MlpPolicy"}, "Hopper-v4": {}}, "InvertedPendulum-v5") is None
+
+
+def test_help_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        npg_train.main(["--help"])
+    out = capsys.readouterr().out
+    assert "--trpo-hyperparams: train NPG from a TRPO entry" in out
+    assert "usage: python -m sb3_npg.train" in out  # RL Zoo's own help follows
