@@ -477,7 +477,8 @@ def _read_trpo_entry(manager: Any, original: Callable) -> tuple[dict[str, Any], 
     if found is None:
         raise ZooConfigError(
             f"{config} has no TRPO entry for {env_id} (nor for its -v4 sibling): --trpo-hyperparams needs one "
-            f"(its 'default' entry is not used; train from npg.yml without --trpo-hyperparams, or pass --conf-file)"
+            f"(the file's 'default' entry is not used); name a TRPO file that has one with --conf-file, "
+            f"or train from npg.yml without --trpo-hyperparams"
         )
     name, entry = found
     action_space = _action_space(env_id, {**entry.get("env_kwargs", {}), **(manager.env_kwargs or {})})
