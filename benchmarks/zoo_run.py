@@ -56,32 +56,13 @@ def zoo_config(algo: str) -> pathlib.Path:
 
 def config_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]] | None:
     """
-    The entry of ``algo``'s config file used for ``env_id``: its own, else its ``-v4`` sibling's, else (a
-    velocity-masked ``NoVel`` env) the full env's, else (an Atari game) the ``atari`` entry, as the Zoo picks it;
-    ``None`` if none applies.
+    The entry of ``algo``'s config file used for ``env_id`` (``sb3_npg.zoo.zoo_entry``: its own, else its ``-v4``
+    sibling's, else a ``NoVel`` env's full env's, else the ``atari`` entry); ``None`` if none applies.
     """
+    from sb3_npg.zoo import zoo_entry
+
     with open(zoo_config(algo)) as file:
-        entries = yaml.safe_load(file)
-    if env_id in entries:
-        return env_id, entries[env_id]
-    name, _, version = env_id.rpartition("-v")
-    sibling = f"{name}-v4"
-    if version != "4" and sibling in entries:
-        return sibling, entries[sibling]
-    full_observation = env_id.replace("NoVel-", "-")
-    if full_observation != env_id and full_observation in entries:
-        return full_observation, entries[full_observation]
-    if "atari" in entries and is_atari(env_id):
-        return "atari", entries["atari"]
-    return None
-
-
-def is_atari(env_id: str) -> bool:
-    """Whether the Zoo treats ``env_id`` as an Atari game (its ``atari`` entry, stochastic evaluation)."""
-    import rl_zoo3.utils  # noqa: F401  (registers the ALE environments)
-    from rl_zoo3.exp_manager import ExperimentManager
-
-    return ExperimentManager.is_atari(env_id)
+        return zoo_entry(yaml.safe_load(file), env_id)
 
 
 def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathlib.Path, str]:
@@ -119,6 +100,8 @@ def evaluate_saved(algo: str, env_id: str, save_path: str, params_path: str, n_e
     from rl_zoo3.exp_manager import ExperimentManager
     from rl_zoo3.utils import ALGOS, create_test_env, get_saved_hyperparams
     from stable_baselines3.common.evaluation import evaluate_policy
+
+    from sb3_npg.zoo import is_atari
 
     hyperparams, stats_path = get_saved_hyperparams(params_path, norm_reward=False, test_mode=True)
     env = create_test_env(
