@@ -119,25 +119,15 @@ def trpo_to_npg_kwargs(trpo_kwargs: dict[str, Any], action_space: spaces.Space) 
     With ``d`` = :func:`kl_terms` (the action dimension for ``Box``, gSDE included, and ``MultiBinary``; 1 for
     ``Discrete`` and ``MultiDiscrete``):
 
-    ==============================================  ============================================================
-    TRPO                                            NPG
-    ==============================================  ============================================================
-    ``target_kl``                                   ``target_kl * d``
-    ``cg_damping``                                  ``cg_damping * d``
-    (TRPO's step)                                   ``damped_step_size=True``, ``step_length="quadratic"``
-    ``line_search_shrinking_factor``,               dropped (no line search)
-    ``line_search_max_iter``
-    ``learning_rate``, ``n_steps``, ``batch_size``,  the same value
-    ``gamma``, ``gae_lambda``, ``cg_max_steps``,
-    ``n_critic_updates``, ``normalize_advantage``,
-    ``sub_sampling_factor``, ``use_sde``,
-    ``sde_sample_freq``
-    ``policy``, ``env``, ``policy_kwargs``,          the same value, when given
-    ``rollout_buffer_class``,
-    ``rollout_buffer_kwargs``,
-    ``stats_window_size``, ``tensorboard_log``,
-    ``verbose``, ``seed``, ``device``
-    ==============================================  ============================================================
+    - ``target_kl`` -> ``target_kl * d``
+    - ``cg_damping`` -> ``cg_damping * d``
+    - TRPO's step -> ``damped_step_size=True``, ``step_length="quadratic"``
+    - ``line_search_shrinking_factor``, ``line_search_max_iter`` -> dropped (no line search)
+    - ``learning_rate``, ``n_steps``, ``batch_size``, ``gamma``, ``gae_lambda``, ``cg_max_steps``,
+      ``n_critic_updates``, ``normalize_advantage``, ``sub_sampling_factor``, ``use_sde``, ``sde_sample_freq``
+      -> the same value
+    - ``policy``, ``env``, ``policy_kwargs``, ``rollout_buffer_class``, ``rollout_buffer_kwargs``,
+      ``stats_window_size``, ``tensorboard_log``, ``verbose``, ``seed``, ``device`` -> the same value, when given
 
     Every update argument is in the result, with TRPO's default (read from the installed TRPO's signature) where
     ``trpo_kwargs`` does not give it, so the result does not depend on NPG's defaults. ``sub_sampling_factor > 1``
