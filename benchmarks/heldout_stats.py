@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # rewards.py, imported as a module, imports zoo_run.py from here
+sys.path.insert(0, str(HERE))  # rewards.py, imported as a module, imports common.py and zoo_run.py from here
 
-from rewards import BUDGETS, group_results, is_current, read_results  # noqa: E402
+from common import markdown_table, read_jsonl  # noqa: E402
+from rewards import BUDGETS, group_results, is_current  # noqa: E402
 
 MUJOCO = tuple(env for env, (group, _) in BUDGETS.items() if group == "mujoco")
 TUNING_SEEDS = (0, 1, 2)
@@ -205,9 +206,10 @@ def markdown(report: dict[str, Any]) -> str:
         "seed (Mann-Whitney U / (n_NPG n_TRPO), ties one half).",
         "",
     ]
-    header = "| env | NPG IQM [95 % CI] | TRPO IQM [95 % CI] | NPG - TRPO (IQM) | P(NPG > TRPO) [95 % CI] | seeds NPG / TRPO |"
+    columns = ["env", "NPG IQM [95 % CI]", "TRPO IQM [95 % CI]", "NPG - TRPO (IQM)", "P(NPG > TRPO) [95 % CI]"]
+    columns.append("seeds NPG / TRPO")
     for name, data in report["sets"].items():
-        lines += [f"## {name.capitalize()} seeds ({data['source']})", "", header, "|---|---|---|---|---|---|"]
+        rows = []
         for env, entry in data["envs"].items():
             npg, trpo = entry.get("npg", {}), entry.get("trpo", {})
             both = npg.get("iqm") is not None and trpo.get("iqm") is not None
@@ -218,7 +220,8 @@ def markdown(report: dict[str, Any]) -> str:
                 format_interval(entry["p_npg_over_trpo"], entry["p_npg_over_trpo_ci"], npg.get("n") == trpo.get("n") == 1, 2),
                 f"{npg.get('n', 0)} / {trpo.get('n', 0)}",
             ]
-            lines.append(f"| {env} | " + " | ".join(cells) + " |")
+            rows.append([env, *cells])
+        lines += [f"## {name.capitalize()} seeds ({data['source']})", "", *markdown_table(columns, rows)]
         lines += ["", "Per seed (seed: final return):", ""]
         for env, entry in data["envs"].items():
             for algo in report["algos"]:
@@ -248,11 +251,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if problem is not None:
         raise SystemExit(problem)
     tuning_seeds = set(args.tuning_seeds)
-    heldout_seeds = {r["seed"] for r in read_results(args.heldout)} - tuning_seeds
+    heldout_seeds = {r["seed"] for r in read_jsonl(args.heldout)} - tuning_seeds
     sources = {"held-out": (args.heldout, heldout_seeds), "tuning": (args.tuning, tuning_seeds)}
     sets, report_sets = {}, {}
     for name, (path, seeds) in sources.items():
-        cells, stale = scores_by_cell(read_results(path), args.envs, args.algos, seeds)
+        cells, stale = scores_by_cell(read_jsonl(path), args.envs, args.algos, seeds)
         sets[name] = cells
         report_sets[name] = {
             "source": str(path.resolve().relative_to(HERE.parent) if path.resolve().is_relative_to(HERE.parent) else path),

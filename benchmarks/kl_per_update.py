@@ -30,7 +30,6 @@ import argparse
 import csv
 import datetime
 import json
-import os
 import pathlib
 import sys
 import tempfile
@@ -39,19 +38,13 @@ from typing import Any
 
 import numpy as np
 import torch as th
-import yaml
-from stable_baselines3.common.env_util import make_vec_env
+from common import append_jsonl, entry_model, markdown_table, npg_entry, read_jsonl
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.utils import get_linear_fn
-from stable_baselines3.common.vec_env import VecNormalize
-from torch import nn
 
-import sb3_npg
 from sb3_npg import NPG
 from sb3_npg.npg import STEP_LENGTHS
 
 HERE = pathlib.Path(__file__).resolve().parent
-ZOO_ONLY = {"n_timesteps", "n_envs", "normalize", "policy"}
 #: The entries of npg.yml by group (``default`` and ``atari`` are not env entries)
 GROUPS = {
     "classic": ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0"],
@@ -71,35 +64,11 @@ COLUMNS = (
 )
 
 
-def npg_entry(env_id: str) -> dict[str, Any]:
-    """The env's entry of the shipped ``npg.yml`` (YAML anchors resolved)."""
-    with open(pathlib.Path(sb3_npg.__file__).parent / "hyperparams" / "npg.yml") as file:
-        entries = yaml.safe_load(file)
-    return dict(entries.get(env_id, entries["default"]))
-
-
-def build(env_id: str, entry: dict[str, Any], seed: int) -> NPG:
-    """NPG and its (possibly normalised) vectorised env, as RL Zoo would build them from ``entry``."""
-    normalize = entry.get("normalize", False)
-    env = make_vec_env(env_id, n_envs=int(entry.get("n_envs", 1)), seed=seed)
-    if normalize:
-        kwargs = eval(normalize) if isinstance(normalize, str) else {}
-        env = VecNormalize(env, gamma=entry.get("gamma", 0.99), **kwargs)
-    arguments = {key: value for key, value in entry.items() if key not in ZOO_ONLY}
-    if isinstance(arguments.get("policy_kwargs"), str):
-        arguments["policy_kwargs"] = eval(arguments["policy_kwargs"], {"nn": nn, "dict": dict})
-    for key, value in list(arguments.items()):
-        if isinstance(value, str) and value.startswith("lin_"):
-            initial = float(value.split("_")[1])
-            arguments[key] = get_linear_fn(initial, 0.0, 1.0)
-    return NPG(entry.get("policy", "MlpPolicy"), env, seed=seed, device="cpu", **arguments)
-
-
 def per_update_kl(
     env_id: str, entry: dict[str, Any], n_timesteps: int, seed: int
 ) -> tuple[NPG, list[dict[str, float]], float]:
     """Train; return the model, the logged rows (one per update) and the seconds spent in ``train()``."""
-    model = build(env_id, entry, seed)
+    model = entry_model(env_id, entry, seed)
     train_seconds = 0.0
     train = model.train
 
@@ -129,19 +98,6 @@ def summarise(ratios: np.ndarray) -> dict[str, float]:
         "within_10pct": float(np.mean(np.abs(ratios - 1) <= 0.1)),
         "above_10pct": float(np.mean(ratios > 1.1)),
     }
-
-
-def read_runs(path: pathlib.Path) -> list[dict[str, Any]]:
-    """Every complete line of the runs file."""
-    if not path.is_file():
-        return []
-    runs = []
-    for line in path.read_text().splitlines():
-        try:
-            runs.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return runs
 
 
 def run_key(run: dict[str, Any]) -> tuple[str, str, int, int, str]:
@@ -193,22 +149,31 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
         "KL / target_kl per update (measured on the batch after the step, summed over action dimensions), "
         "whole training runs of the `npg.yml` entries (`benchmarks/kl_per_update.py`).",
         "",
-        "| env | steps | step_length | damped | updates | median | p5 | p95 | max | within ±10 % | above +10 % "
-        "| KL evals / update | search failures | train() s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    columns = ["env", "steps", "step_length", "damped", "updates", "median", "p5", "p95", "max", "within ±10 %"]
+    columns += ["above +10 %", "KL evals / update", "search failures", "train() s"]
+    rows = []
     for key in sorted(
         latest,
         key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[0], k[3], k[2], STEP_LENGTHS.index(k[1])),
     ):
         run = latest[key]
-        lines.append(
-            f"| {run['env']} | {run['n_timesteps']:.0e} | {run['step_length']} | {'yes' if run['damped_step_size'] else 'no'} "
-            f"| {run['n_updates']} | {run['median']:.2f} | {run['p5']:.2f} | {run['p95']:.2f} | {run['max']:.2f} "
-            f"| {100 * run['within_10pct']:.0f} % | {100 * run['above_10pct']:.0f} % | {run['mean_kl_evaluations']:.2f} "
-            f"| {run['kl_search_failures']} | {run['train_seconds']:.0f} |".replace("e+0", "e")
+        rows.append(
+            [
+                run["env"],
+                f"{run['n_timesteps']:.0e}".replace("e+0", "e"),
+                run["step_length"],
+                "yes" if run["damped_step_size"] else "no",
+                run["n_updates"],
+                *(f"{run[name]:.2f}" for name in ("median", "p5", "p95", "max")),
+                f"{100 * run['within_10pct']:.0f} %",
+                f"{100 * run['above_10pct']:.0f} %",
+                f"{run['mean_kl_evaluations']:.2f}",
+                run["kl_search_failures"],
+                f"{run['train_seconds']:.0f}",
+            ]
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + markdown_table(columns, rows)) + "\n"
 
 
 def plot_env(env_id: str, runs: list[dict[str, Any]], out: pathlib.Path) -> None:
@@ -275,7 +240,7 @@ def plot_summary(runs: list[dict[str, Any]], out: pathlib.Path) -> None:
 
 def report(out: pathlib.Path) -> None:
     """Rewrite the table and the figures from the runs file."""
-    runs = read_runs(out / "kl_runs.jsonl")
+    runs = read_jsonl(out / "kl_runs.jsonl")
     if not runs:
         return
     (out / "kl_summary.md").write_text(summary_table(runs))
@@ -307,14 +272,11 @@ def main() -> None:
                 for mode in args.modes:
                     entry = json.dumps(npg_entry(env_id), sort_keys=True)
                     steps = int(args.n_timesteps or npg_entry(env_id)["n_timesteps"])
-                    if (env_id, mode, seed, steps, entry) in {run_key(run) for run in read_runs(runs_path)}:
+                    if (env_id, mode, seed, steps, entry) in {run_key(run) for run in read_jsonl(runs_path)}:
                         print(f"{env_id} {mode} seed {seed}: already in {runs_path}")
                         continue
                     run = one_run(env_id, mode, seed, args.n_timesteps, args.out)
-                    with open(runs_path, "a") as file:
-                        file.write(json.dumps(run) + "\n")
-                        file.flush()
-                        os.fsync(file.fileno())
+                    append_jsonl(runs_path, run)
                     print(
                         f"{env_id} {mode} seed {seed}: {run['n_updates']} updates, KL / target_kl median {run['median']:.2f}, "
                         f"p95 {run['p95']:.2f}, max {run['max']:.2f}, within 10 % {100 * run['within_10pct']:.0f} %, "

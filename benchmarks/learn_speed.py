@@ -26,30 +26,20 @@ Results go to ``benchmarks/results/learn_speed.json`` and, as Markdown, ``benchm
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch as th
-from sb3_contrib import TRPO
-from stable_baselines3 import PPO
-from stable_baselines3.common.base_class import BaseAlgorithm
+from common import machine_line, markdown_table, matched_model, write_record
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-import sb3_npg
-from sb3_npg import NPG
-
-RESULTS = Path(__file__).parent / "results"
 ALGORITHMS = ("limit", "npg", "npg-sb3-rollout", "trpo", "ppo")
 # env id -> (VecNormalize as in npg.yml, extra settings shared by every algorithm)
 ENVS: dict[str, tuple[bool, dict[str, Any]]] = {
@@ -61,13 +51,6 @@ CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 #: The clock every run is timed with (set from ``--clock``)
 clock = CLOCKS["wall"]
 DEFAULT_CONFIGS = ("CartPole-v1:1", "CartPole-v1:8", "Pendulum-v1:1", "Pendulum-v1:2", "HalfCheetah-v5:1", "HalfCheetah-v5:2")
-
-
-class NPGWithSB3Rollout(NPG):
-    """NPG collecting its rollouts with SB3's ``OnPolicyAlgorithm.collect_rollouts`` (the path before the fast one)."""
-
-    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
-        return OnPolicyAlgorithm.collect_rollouts(self, *args, **kwargs)
 
 
 class RolloutTimer(BaseCallback):
@@ -95,17 +78,6 @@ def make_env(env_id: str, n_envs: int, seed: int) -> VecEnv:
     return VecNormalize(env) if normalize else env
 
 
-def make_model(algorithm: str, env: VecEnv, n_envs: int, seed: int, extra: dict[str, Any]) -> BaseAlgorithm:
-    """A model with the matched settings (2048 samples per rollout, 64x64, 10 critic epochs, minibatches of 128)."""
-    common: dict[str, Any] = dict(n_steps=2048 // n_envs, batch_size=128, seed=seed, device="cpu", **extra)
-    if algorithm == "ppo":
-        return PPO("MlpPolicy", env, n_epochs=10, **common)
-    if algorithm == "trpo":
-        return TRPO("MlpPolicy", env, cg_max_steps=10, n_critic_updates=10, **common)
-    npg_class = NPG if algorithm == "npg" else NPGWithSB3Rollout
-    return npg_class("MlpPolicy", env, cg_max_steps=10, n_critic_updates=10, **common)
-
-
 def time_limit(env: VecEnv, total_timesteps: int, seed: int) -> float:
     """Seconds to step ``env`` for ``total_timesteps`` with random actions (drawn beforehand) and no policy."""
     env.action_space.seed(seed)
@@ -124,7 +96,8 @@ def time_run(algorithm: str, env_id: str, n_envs: int, total_timesteps: int, see
         if algorithm == "limit":
             seconds = time_limit(env, total_timesteps, seed)
             return {"total": seconds, "rollout": seconds}
-        model = make_model(algorithm, env, n_envs, seed, ENVS[env_id][1])
+        # the matched settings (common.matched_model), 2048 samples per rollout, default 64x64 networks
+        model = matched_model(algorithm, env, 2048 // n_envs, seed=seed, device="cpu", **ENVS[env_id][1])
         timer = RolloutTimer()
         start = clock()
         model.learn(total_timesteps, callback=timer)
@@ -171,10 +144,10 @@ def markdown(records: list[dict[str, Any]], header: str) -> str:
         f"`learn()` {'wall' if clock is CLOCKS['wall'] else 'process CPU'} time, median over rounds (rollout part in "
         "parentheses); ratios are paired medians.",
         "",
-        "| config | limit (env only) | NPG | NPG, SB3's rollout | TRPO | PPO | NPG / TRPO | NPG / limit "
-        "| NPG SB3-rollout / limit | TRPO / limit | NPG rollout / limit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    columns = ["config", "limit (env only)", "NPG", "NPG, SB3's rollout", "TRPO", "PPO", "NPG / TRPO", "NPG / limit"]
+    columns += ["NPG SB3-rollout / limit", "TRPO / limit", "NPG rollout / limit"]
+    rows = []
     for r in records:
         cells = [f"{r['config']} ({r['env_id']}, {r['n_envs']} env{'s' if r['n_envs'] > 1 else ''})"]
         cells.append(f"{r['limit_total']:.2f} s")
@@ -187,8 +160,8 @@ def markdown(records: list[dict[str, Any]], header: str) -> str:
             f"{r['trpo_over_limit']:.2f}",
             f"{r['npg_rollout_over_limit']:.2f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return "\n".join(lines + markdown_table(columns, rows)) + "\n"
 
 
 def main() -> None:
@@ -209,19 +182,13 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     records = run(args.configs, args.rounds, args.steps)
     finished = time.strftime("%H:%M UTC", time.gmtime())
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, 1 torch thread, "
-        f"Python {platform.python_version()}, sb3_npg from {Path(sb3_npg.__file__).parent}"
-    )
     header = (
-        f"Command: `python benchmarks/learn_speed.py {' '.join(sys.argv[1:])}`, {started} to {finished}, {machine}, "
+        f"Command: `python benchmarks/learn_speed.py {' '.join(sys.argv[1:])}`, {started} to {finished}, {machine_line()}, "
         f"{args.steps} steps per learn(), {args.rounds} rounds, {args.clock} clock, "
         f"load average at the end {os.getloadavg()[0]:.1f}."
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.output}.json").write_text(json.dumps({"header": header, "records": records}, indent=1))
     table = markdown(records, header)
-    (RESULTS / f"{args.output}.md").write_text(table)
+    write_record(args.output, {"header": header, "records": records}, table)
     print(table)
 
 

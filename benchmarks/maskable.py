@@ -29,8 +29,6 @@ skipped. ``--table`` prints the markdown table. Usage::
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import time
 from typing import Any
@@ -38,6 +36,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch as th
+from common import RESULTS, append_jsonl, machine_line, markdown_table, read_jsonl
 from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete, InvalidActionEnvMultiDiscrete
@@ -45,7 +44,7 @@ from sb3_contrib.common.maskable.evaluation import evaluate_policy
 
 from sb3_npg import NPG, MaskableNPG
 
-DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results", "maskable.jsonl")
+DEFAULT_OUT = str(RESULTS / "maskable.jsonl")
 
 
 class VersusRandom(gym.Env):
@@ -175,24 +174,14 @@ def run(algo: str, task: str, seed: int, timesteps: int, games: int) -> dict[str
     result.update(
         train_time_s=round(train_time, 1),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__} (1 thread)",
+        machine=machine_line(),
     )
     return result
 
 
-def load(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per (task, algo), the per-seed scores and their mean."""
-    lines = [
-        "| task | algorithm | steps | score per seed | mean | games lost by an illegal move | train time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    table_rows = []
     keys = sorted({(row["task"], row["algo"], row["timesteps"]) for row in rows})
     for task, algo, steps in keys:
         runs = sorted(
@@ -208,8 +197,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             per_seed = " / ".join(f"{score:.1f}" for score in scores)
             illegal = "-"
         times = statistics.mean(row["train_time_s"] for row in runs)
-        lines.append(f"| {task} | {algo} | {steps} | {per_seed} | {statistics.mean(scores):.3g} | {illegal} | {times:.0f} |")
-    return "\n".join(lines)
+        table_rows.append([task, algo, steps, per_seed, f"{statistics.mean(scores):.3g}", illegal, f"{times:.0f}"])
+    columns = ["task", "algorithm", "steps", "score per seed", "mean", "games lost by an illegal move", "train time (s)"]
+    return "\n".join(markdown_table(columns, table_rows))
 
 
 def main() -> None:
@@ -223,10 +213,9 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="only print the table of the recorded runs")
     args = parser.parse_args()
     if args.table:
-        print(table(load(args.out)))
+        print(table(read_jsonl(args.out)))
         return
-    done = {(row["algo"], row["task"], row["seed"], row["timesteps"]) for row in load(args.out)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    done = {(row["algo"], row["task"], row["seed"], row["timesteps"]) for row in read_jsonl(args.out)}
     for task in args.tasks:
         for algo in args.algos:
             for seed in args.seeds:
@@ -234,8 +223,7 @@ def main() -> None:
                     continue
                 result = run(algo, task, seed, args.timesteps, args.games)
                 print(json.dumps(result), flush=True)
-                with open(args.out, "a") as file:
-                    file.write(json.dumps(result) + "\n")
+                append_jsonl(args.out, result)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,7 @@ import collections
 import datetime
 import functools
 import json
-import os
 import pathlib
-import platform
 import shutil
 import signal
 import subprocess
@@ -62,6 +60,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
+from common import append_jsonl, machine, markdown_table, read_jsonl
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -93,33 +92,6 @@ QUICK_STEPS = 10_000
 RunKey = tuple[str, str, int, int]  # algo, env, seed, steps
 
 
-def machine() -> dict[str, Any]:
-    """Where the numbers were measured, and with which code (the commit of the ``sb3_npg`` checkout, if it is one)."""
-    import stable_baselines3
-    import torch
-
-    import sb3_npg
-
-    package_dir = pathlib.Path(sb3_npg.__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(package_dir), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None  # an installed package, not a checkout
-    return {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "sb3": stable_baselines3.__version__,
-        "numpy": np.__version__,
-        "torch_threads": 1,
-        "sb3_npg_commit": commit,
-    }
-
-
 def expand_envs(names: Iterable[str]) -> list[str]:
     """Env ids, with group names (classic, box2d, mujoco, recurrent) expanded."""
     envs: list[str] = []
@@ -129,19 +101,6 @@ def expand_envs(names: Iterable[str]) -> list[str]:
         )
         envs.extend(env for env in members if env not in envs)
     return envs
-
-
-def read_results(path: pathlib.Path) -> list[dict[str, Any]]:
-    """All complete lines of a results file (a line cut by a kill is ignored)."""
-    if not path.is_file():
-        return []
-    results = []
-    for line in path.read_text().splitlines():
-        try:
-            results.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return results
 
 
 def run_key(result: dict[str, Any]) -> RunKey:
@@ -210,15 +169,6 @@ def is_current(result: dict[str, Any]) -> bool:
     if saved is None or entry is None:
         return True
     return tuple(sorted((key, canonical_value(value)) for key, value in saved.items() if key != "n_timesteps")) == entry
-
-
-def append_result(path: pathlib.Path, result: dict[str, Any]) -> None:
-    """Append one run, flushed to disk before returning."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as file:
-        file.write(json.dumps(result) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
 
 
 def keep_update_log(run_dir: pathlib.Path, result: dict[str, Any], results_path: pathlib.Path) -> None:
@@ -314,7 +264,7 @@ def run_all(
     """Run every key not yet in the results file, ``jobs`` at a time; returns (runs done, failures)."""
     from tqdm import tqdm
 
-    recorded = read_results(results_path)
+    recorded = read_jsonl(results_path)
     done = {run_key(r) for r in recorded if is_current(r) and variant_of(r) == runner.variant}
     stale = {run_key(r) for r in recorded} - done
     pending = [key for key in keys if key not in done]
@@ -358,7 +308,7 @@ def run_all(
                     result.setdefault("wall_time_s", None)
                     result.update(info, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
                     keep_update_log(runner.run_dir(key), result, results_path)
-                    append_result(results_path, result)
+                    append_jsonl(results_path, result)
                     finished += 1
                     bar.write(
                         f"{key[0]:>5} {key[1]:<25} seed {key[2]}: {result['final_mean_return']:9.1f}"
@@ -386,13 +336,13 @@ def adopt_run(run_dir: pathlib.Path, results_path: pathlib.Path, variant: tuple[
         result["variant"] = list(variant)
     if not is_current(result):
         return [f"{run_dir}: its hyperparameters are not today's {result['algo']} entry for {result['env']}"]
-    if any(run_key(r) == run_key(result) and label(r) == label(result) and is_current(r) for r in read_results(results_path)):
+    if any(run_key(r) == run_key(result) and label(r) == label(result) and is_current(r) for r in read_jsonl(results_path)):
         return [f"{run_dir}: {run_key(result)} is already recorded"]
     finished_at = datetime.datetime.fromtimestamp(finished.stat().st_mtime, datetime.timezone.utc)
     result.update(machine=machine(), date=finished_at.isoformat(timespec="seconds"), wall_time_s=None)
     result["adopted_from"] = str(run_dir)
     keep_update_log(run_dir, result, results_path)
-    append_result(results_path, result)
+    append_jsonl(results_path, result)
     print(f"adopted {run_key(result)}: {result['final_mean_return']:.1f}")
     return []
 
@@ -475,10 +425,9 @@ def summary_table(results: list[dict[str, Any]]) -> str:
     algos = sorted({a for _, a in grouped}, key=algo_order)
     variants = [a for a in algos if a.startswith("npg[")]
     comparisons = [pair for pair in COMPARISONS if set(pair) <= set(algos)] or [COMPARISONS[0]]
-    header = "| env | steps | " + " | ".join(a.upper() for a in algos) + " |"
-    header += "".join(f" {a.upper()} - {b.upper()} |" for a, b in comparisons)
-    header += "".join(f" {a.upper()} - NPG |" for a in variants)
-    lines = [header, "|" + "---|" * (len(algos) + 2 + len(comparisons) + len(variants))]
+    header = ["env", "steps", *(a.upper() for a in algos)]
+    header += [f"{a.upper()} - {b.upper()}" for a, b in comparisons] + [f"{a.upper()} - NPG" for a in variants]
+    rows = []
     any_stale = False
     for env in envs:
         steps = sorted({run_key(r)[3] for a in algos for r in grouped.get((env, a), [])})
@@ -493,11 +442,10 @@ def summary_table(results: list[dict[str, Any]]) -> str:
             per_seed = " / ".join(f"{r['final_mean_return']:.0f}{'' if is_current(r) else '†'}" for r in runs)
             any_stale = any_stale or not all(is_current(r) for r in runs)
             cells.append(f"**{np.mean(values):.0f}** ± {np.std(values):.0f} <br><sub>{per_seed}</sub>")
-        diff = " | ".join(f"{means[a] - means[b]:+.0f}" if {a, b} <= means.keys() else "-" for a, b in comparisons)
-        diff += "".join(f" | {means[a] - means['npg']:+.0f}" if {"npg", a} <= means.keys() else " | -" for a in variants)
-        lines.append(
-            f"| {env} | {'/'.join(f'{s:.0e}'.replace('e+0', 'e') for s in steps)} | " + " | ".join(cells) + f" | {diff} |"
-        )
+        cells += [f"{means[a] - means[b]:+.0f}" if {a, b} <= means.keys() else "-" for a, b in comparisons]
+        cells += [f"{means[a] - means['npg']:+.0f}" if {"npg", a} <= means.keys() else "-" for a in variants]
+        rows.append([env, "/".join(f"{s:.0e}".replace("e+0", "e") for s in steps), *cells])
+    lines = markdown_table(header, rows)
     times = []
     for algo in algos:
         per_algo = [r["train_time_s"] for (e, a), runs in grouped.items() if a == algo for r in runs if e in envs]
@@ -578,9 +526,9 @@ def main() -> int:
             print(f"\nInterrupted: finished runs are in {results_path}; run the same command again to resume.")
             return 130
 
-    results = read_results(results_path)
+    results = read_jsonl(results_path)
     if results and variant:  # beside the shipped entries' runs (and the other algorithms') on the same envs
-        shipped = read_results(HERE / ("logs/quick" if args.quick else "results") / "rewards.jsonl")
+        shipped = read_jsonl(HERE / ("logs/quick" if args.quick else "results") / "rewards.jsonl")
         results += [r for r in shipped if r["env"] in {v["env"] for v in results}]
     if results:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,60 +22,33 @@ Results go to ``benchmarks/results/rollout_identity.json`` and ``.md`` (``--outp
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch as th
-import yaml
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from common import (
+    SHIPPED_HYPERPARAMS,
+    NPGWithSB3Rollout,
+    entry_model,
+    machine_line,
+    markdown_table,
+    npg_entries,
+    npg_entry,
+    write_record,
+)
 from stable_baselines3.common.vec_env import VecNormalize
-from torch import nn
 
-import sb3_npg
 from sb3_npg import NPG
 from sb3_npg.rollout import LeanForward
 
-RESULTS = Path(__file__).parent / "results"
-HYPERPARAMS = Path(sb3_npg.__file__).parent / "hyperparams" / "npg.yml"
 DEFAULT_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
 
 
-class NPGWithSB3Rollout(NPG):
-    """NPG collecting its rollouts with SB3's ``OnPolicyAlgorithm.collect_rollouts`` (no fast path)."""
-
-    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
-        return OnPolicyAlgorithm.collect_rollouts(self, *args, **kwargs)
-
-
-def entry(env_id: str) -> dict[str, Any]:
-    """The env's ``npg.yml`` entry, its string-valued Python expressions (``policy_kwargs``, ...) evaluated."""
-    entries = yaml.safe_load(HYPERPARAMS.read_text())
-    if env_id not in entries:
-        raise ValueError(f"--envs: {env_id!r} has no entry in {HYPERPARAMS}")
-    return {
-        key: eval(value, {"nn": nn, "dict": dict}) if isinstance(value, str) and "(" in value else value
-        for key, value in entries[env_id].items()
-    }
-
-
 def train(model_class: type[NPG], env_id: str, seed: int, n_timesteps: int) -> tuple[NPG, float]:
-    """:return: a model trained with the entry's settings, and the seconds ``learn`` took"""
-    hyperparams = entry(env_id)
-    normalize = hyperparams.pop("normalize", False)
-    n_envs = hyperparams.pop("n_envs", 1)
-    policy = hyperparams.pop("policy")
-    hyperparams.pop("n_timesteps", None)
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    if normalize:
-        normalize_kwargs = normalize if isinstance(normalize, dict) else {}
-        env = VecNormalize(env, gamma=hyperparams.get("gamma", 0.99), **normalize_kwargs)
-    model = model_class(policy, env, seed=seed, device="cpu", **hyperparams)
+    """:return: a model trained with the env's ``npg.yml`` entry (``common.entry_model``), and the seconds ``learn`` took"""
+    model = entry_model(env_id, npg_entry(env_id), seed, model_class)
     start = time.perf_counter()
     model.learn(n_timesteps)
     return model, time.perf_counter() - start
@@ -106,6 +79,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.n_timesteps < 1:
         raise ValueError(f"--n-timesteps must be >= 1, got {args.n_timesteps}")
+    unknown = [env_id for env_id in args.envs if env_id not in npg_entries()]
+    if unknown:
+        raise ValueError(f"--envs: {unknown} have no entry in {SHIPPED_HYPERPARAMS / 'npg.yml'}")
     th.set_num_threads(1)
     warnings.filterwarnings("ignore")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -128,28 +104,27 @@ def main() -> None:
             print(json.dumps(record), file=sys.stderr, flush=True)
     header = (
         f"Command: `python benchmarks/rollout_identity.py {' '.join(sys.argv[1:])}`, {started} to "
-        f"{time.strftime('%H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, "
-        f"1 torch thread, Python {platform.python_version()}, sb3_npg from {Path(sb3_npg.__file__).parent}, "
-        f"load average at the end {os.getloadavg()[0]:.1f}."
+        f"{time.strftime('%H:%M UTC', time.gmtime())}, {machine_line()}, load average at the end {os.getloadavg()[0]:.1f}."
     )
-    lines = [
-        header,
-        "",
-        "| env | seed | steps | fast path taken | bit-identical (parameters, episodes, timesteps, normalization) "
-        "| mean training return, last 100 episodes | learn() s, fast / SB3's rollout |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    columns = ["env", "seed", "steps", "fast path taken", "bit-identical (parameters, episodes, timesteps, normalization)"]
+    columns += ["mean training return, last 100 episodes", "learn() s, fast / SB3's rollout"]
+    rows = []
     for r in records:
         identical = ", ".join(f"{part} {'yes' if same else '**no**'}" for part, same in r["identical"].items())
         seconds = r["learn_seconds"]
-        lines.append(
-            f"| {r['env']} | {r['seed']} | {r['n_timesteps']} | {'yes' if r['fast_path_taken'] else '**no**'} | {identical} "
-            f"| {r['last_100_training_returns_mean']:.1f} | {seconds['fast_path']} / {seconds['sb3_rollout']} |"
+        rows.append(
+            [
+                r["env"],
+                r["seed"],
+                r["n_timesteps"],
+                "yes" if r["fast_path_taken"] else "**no**",
+                identical,
+                f"{r['last_100_training_returns_mean']:.1f}",
+                f"{seconds['fast_path']} / {seconds['sb3_rollout']}",
+            ]
         )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.output}.json").write_text(json.dumps({"header": header, "records": records}, indent=1))
-    table = "\n".join(lines) + "\n"
-    (RESULTS / f"{args.output}.md").write_text(table)
+    table = "\n".join([header, "", *markdown_table(columns, rows)]) + "\n"
+    write_record(args.output, {"header": header, "records": records}, table)
     print(table)
 
 

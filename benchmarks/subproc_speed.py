@@ -23,23 +23,20 @@ Usage::
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch as th
+from common import machine_line, markdown_table, write_record
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from sb3_npg import NPG
 
-RESULTS = Path(__file__).parent / "results"
 CONFIGS = (("dummy", 1), ("dummy", 2), ("dummy", 4), ("subproc", 1), ("subproc", 2), ("subproc", 4))
 SAMPLES_PER_UPDATE = 2048
 TIMES = "\u00d7"  # the multiplication sign of the tables
@@ -88,18 +85,18 @@ def measure(env_id: str, consumer: str, kind: str, n_envs: int, scale: float = 1
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The steps per second as a Markdown table, each relative to one env stepped in the training process."""
+    rows = []
+    for env_id, by_consumer in results["steps_per_second"].items():
+        for consumer, by_config in by_consumer.items():
+            base = by_config[f"dummy {TIMES} 1"]
+            rows.append([env_id, consumer, *(f"{value:,.0f} ({value / base:.2f}{TIMES})" for value in by_config.values())])
     lines = [
         f"Command: `{results['command']}`, {results['date']}; {results['machine']}; "
         f"load average at the start {results['load_average']}; median of {results['rounds']} rounds.",
         "",
-        "| env | consumer | " + " | ".join(f"{kind} {TIMES} {n}" for kind, n in CONFIGS) + " |",
-        "|---|---|" + "---|" * len(CONFIGS),
+        *markdown_table(["env", "consumer", *(f"{kind} {TIMES} {n}" for kind, n in CONFIGS)], rows),
     ]
-    for env_id, by_consumer in results["steps_per_second"].items():
-        for consumer, by_config in by_consumer.items():
-            base = by_config[f"dummy {TIMES} 1"]
-            cells = [f"{value:,.0f} ({value / base:.2f}{TIMES})" for value in by_config.values()]
-            lines.append(f"| {env_id} | {consumer} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -130,8 +127,7 @@ def main() -> None:
     results = {
         "command": "python benchmarks/subproc_speed.py" + (f" --rounds {args.rounds}" if args.rounds != 3 else ""),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{os.cpu_count()}-core {platform.machine()}, torch {th.__version__} (1 thread), "
-        f"Python {platform.python_version()}",
+        "machine": machine_line(),
         "load_average": load_average,
         "rounds": args.rounds,
         "steps_per_second": steps_per_second,
@@ -140,9 +136,7 @@ def main() -> None:
     print(markdown(results))
     if args.quick:
         return
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "subproc_speed.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "subproc_speed.md").write_text(markdown(results))
+    write_record("subproc_speed", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,6 @@ Usage::
 
 import argparse
 import copy
-import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -42,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
-from sb3_contrib import TRPO
+from common import machine_line, markdown_table, matched_model, write_record
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -52,26 +50,12 @@ from sb3_npg import NPG
 from sb3_npg.fisher import FISHER_BACKENDS
 from sb3_npg.npg import STEP_LENGTHS
 
-RESULTS = Path(__file__).parent / "results"
 ALGORITHMS = ("trpo", *(f"npg-{backend}" for backend in FISHER_BACKENDS), "npg-exact")
 
 
 def make_model(algorithm: str, env_id: str, n_steps: int, width: int, **kwargs: Any) -> BaseAlgorithm:
-    """A TRPO or NPG model with the matched settings: CG 10, 10 critic epochs of minibatches of 128."""
-    settings: dict[str, Any] = dict(
-        n_steps=n_steps,
-        batch_size=128,
-        cg_max_steps=10,
-        n_critic_updates=10,
-        seed=0,
-        policy_kwargs=dict(net_arch=[width, width]),
-        **kwargs,
-    )
-    if algorithm == "trpo":
-        return TRPO("MlpPolicy", env_id, **settings)
-    if algorithm == "npg-exact":
-        return NPG("MlpPolicy", env_id, step_length="exact", **settings)
-    return NPG("MlpPolicy", env_id, fisher=algorithm.removeprefix("npg-"), **settings)
+    """A TRPO or NPG model at the matched settings (``common.matched_model``), seed 0, a ``width`` x ``width`` MLP."""
+    return matched_model(algorithm, env_id, n_steps, seed=0, policy_kwargs=dict(net_arch=[width, width]), **kwargs)
 
 
 def shared_rollout_models(algorithms: list[str], env_id: str, n_steps: int, width: int) -> dict[str, BaseAlgorithm]:
@@ -315,12 +299,11 @@ def fast_paths(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _time_table(rows: list[dict[str, Any]], first_column: str) -> list[str]:
     """Markdown rows: one line per (``first_column``, width), one cell per algorithm with its ratio to TRPO."""
-    lines = [f"| {first_column} | network | " + " | ".join(ALGORITHMS) + " |", "|---|---|" + "---|" * len(ALGORITHMS)]
+    table = []
     for key, width in dict.fromkeys((row[first_column], row["width"]) for row in rows):
         cells = {row["algorithm"]: row for row in rows if (row[first_column], row["width"]) == (key, width)}
-        timings = [_time_cell(cells[a]) if a in cells else "-" for a in ALGORITHMS]
-        lines.append(f"| {key} | {width}x{width} | " + " | ".join(timings) + " |")
-    return [*lines, ""]
+        table.append([key, f"{width}x{width}", *(_time_cell(cells[a]) if a in cells else "-" for a in ALGORITHMS)])
+    return [*markdown_table([first_column, "network", *ALGORITHMS], table), ""]
 
 
 def _time_cell(row: dict[str, Any]) -> str:
@@ -339,36 +322,49 @@ def markdown(results: dict[str, Any]) -> str:
     if "timing" in results:
         lines += _time_table(results["timing"], "env")
     if "kl" in results:
-        lines += ["| env | target_kl | backend | updates | median KL / target_kl |", "|---|---|---|---|---|"]
-        lines += [
-            f"| {r['env']} | {r['target_kl']} | {r['backend']} | {r['n_updates']} | {r['median_ratio']:.3f} |"
-            for r in results["kl"]
-        ]
+        lines += markdown_table(
+            ["env", "target_kl", "backend", "updates", "median KL / target_kl"],
+            ([r["env"], r["target_kl"], r["backend"], r["n_updates"], f"{r['median_ratio']:.3f}"] for r in results["kl"]),
+        )
         lines.append("")
     if "exact" in results:
-        lines += [
-            "| state | quadratic train() | exact train() | exact / quadratic (paired) | KL evaluations |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['env']}, trained 5e4 steps | {r['quadratic_ms']:.0f} ms | {r['exact_ms']:.0f} ms | {r['ratio']:.3f} "
-            f"| {r['mean_kl_evaluations']:.1f} |"
-            for r in results["exact"]
-        ]
+        lines += markdown_table(
+            ["state", "quadratic train()", "exact train()", "exact / quadratic (paired)", "KL evaluations"],
+            (
+                [
+                    f"{r['env']}, trained 5e4 steps",
+                    f"{r['quadratic_ms']:.0f} ms",
+                    f"{r['exact_ms']:.0f} ms",
+                    f"{r['ratio']:.3f}",
+                    f"{r['mean_kl_evaluations']:.1f}",
+                ]
+                for r in results["exact"]
+            ),
+        )
         lines.append("")
     if "memory" in results:
-        lines += ["| algorithm | samples | peak RSS growth in train() |", "|---|---|---|"]
-        lines += [f"| {r['algorithm']} | {r['n_samples']} | {r['peak_mib']:.0f} MiB |" for r in results["memory"]]
+        lines += markdown_table(
+            ["algorithm", "samples", "peak RSS growth in train()"],
+            ([r["algorithm"], r["n_samples"], f"{r['peak_mib']:.0f} MiB"] for r in results["memory"]),
+        )
         lines.append("")
     if "scaling" in results:
         lines += _time_table(results["scaling"], "n_samples")
     if "fast_paths" in results:
-        lines += ["| env | network | fast path | train() on | forced off | saving |", "|---|---|---|---|---|---|"]
-        lines += [
-            f"| {r['env']} | {r['width']}x{r['width']} | {r['fast_path']} | {r['on_ms']:.0f} ms | {r['off_ms']:.0f} ms "
-            f"| {100 * r['saving']:.1f}% |"
-            for r in results["fast_paths"]
-        ]
+        lines += markdown_table(
+            ["env", "network", "fast path", "train() on", "forced off", "saving"],
+            (
+                [
+                    r["env"],
+                    f"{r['width']}x{r['width']}",
+                    r["fast_path"],
+                    f"{r['on_ms']:.0f} ms",
+                    f"{r['off_ms']:.0f} ms",
+                    f"{100 * r['saving']:.1f}%",
+                ]
+                for r in results["fast_paths"]
+            ),
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -402,18 +398,14 @@ def main() -> None:
     results: dict[str, Any] = {
         "command": "python " + " ".join(["benchmarks/train_step.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {th.get_num_threads()} torch thread, torch {th.__version__}, "
-        f"Python {platform.python_version()}, {platform.processor() or 'unknown CPU'}",
+        "machine": machine_line(),
     }
     for part in args.parts:
         results[part] = PARTS[part](args)
-    RESULTS.mkdir(exist_ok=True)
     default_name = "train_step_quick" if args.quick else "train_step"
     if args.parts == ["fast_paths"]:  # its own record: the full results stay
         default_name += "_fast_paths"
-    name = args.output or default_name
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"{name}.md").write_text(markdown(results))
+    write_record(args.output or default_name, results, markdown(results))
     print(markdown(results))
 
 

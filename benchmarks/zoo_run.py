@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from common import SHIPPED_HYPERPARAMS
 from stable_baselines3.common.callbacks import BaseCallback
 
 #: The per-update log of a run, in its log folder.
@@ -46,9 +47,7 @@ NPG_ALGOS = ("npg", "npg_lstm")
 def zoo_config(algo: str) -> pathlib.Path:
     """The hyperparameter file used for ``algo``: NPG's (or RecurrentNPG's) shipped one, else the RL Zoo's own."""
     if algo in NPG_ALGOS:
-        import sb3_npg
-
-        return pathlib.Path(sb3_npg.__file__).parent / "hyperparams" / f"{algo}.yml"
+        return SHIPPED_HYPERPARAMS / f"{algo}.yml"
     import rl_zoo3
 
     return pathlib.Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml"

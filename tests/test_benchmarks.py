@@ -1,8 +1,8 @@
 """
 Tests of the benchmark pipeline's own logic: the per-update log of ``benchmarks/zoo_run.py``, its copy beside the
 results (``benchmarks/rewards.py``), the rliable statistics of ``benchmarks/heldout_stats.py`` and the collapse
-diagnosis of ``benchmarks/diagnose_collapse.py`` on tiny synthetic results files, and the policy probe of
-``benchmarks/probe_policy.py`` on tiny saved models.
+diagnosis of ``benchmarks/investigations/diagnose_collapse.py`` on tiny synthetic results files, and the policy probe
+of ``benchmarks/investigations/probe_policy.py`` on tiny saved models.
 """
 
 import csv
@@ -23,8 +23,9 @@ from stable_baselines3.common.vec_env import VecNormalize
 from sb3_npg import NPG
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS / "investigations")]
 
+import common  # noqa: E402
 import diagnose_collapse  # noqa: E402
 import heldout_stats  # noqa: E402
 import probe_policy  # noqa: E402
@@ -83,7 +84,7 @@ def test_recorded_run_keeps_its_update_log_beside_the_results(tmp_path: pathlib.
     results = tmp_path / "results" / "rewards.jsonl"
     finished_run(tmp_path / "run3", seed=3, content=b"time/total_timesteps\n1024\n")
     assert rewards.adopt_run(tmp_path / "run3", results) == []
-    (line,) = rewards.read_results(results)
+    (line,) = common.read_jsonl(results)
     kept = results.parent / line["update_log"]
     assert line["update_log"].startswith("updates/npg_Hopper-v5_seed3_1000_")
     shutil.rmtree(tmp_path / "run3")  # what the suite does to a log folder whose run starts over

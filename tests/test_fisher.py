@@ -32,51 +32,9 @@ from sb3_npg.fisher import (
 )
 from tests.dense import dense_kl_hessian, dense_scores
 from tests.envs import ACTION_SPACES, ToyEnv
+from tests.helpers import assert_close_in_norm, batch, perturb, tiny_model
 
 DISTRIBUTIONS = ["discrete", "box1d", "box6d", "gsde", "multidiscrete", "multibinary"]
-
-
-def tiny_model(
-    distribution: str, n_steps: int = 32, net_arch: tuple[int, ...] = (8,), activation_fn: type[nn.Module] = nn.Tanh, **kwargs
-) -> NPG:
-    """An NPG model with a tiny MLP on a toy environment with the action distribution ``distribution``."""
-    action_space = ACTION_SPACES["box6d" if distribution == "gsde" else distribution]
-    env = make_vec_env(ToyEnv, n_envs=1, seed=0, env_kwargs={"action_space": action_space})
-    return NPG(
-        "MlpPolicy",
-        env,
-        n_steps=n_steps,
-        batch_size=n_steps,
-        use_sde=distribution == "gsde",
-        policy_kwargs={"net_arch": list(net_arch), "activation_fn": activation_fn},
-        seed=0,
-        **kwargs,
-    )
-
-
-def batch(model: NPG, n_samples: int) -> tuple[th.Tensor, th.Tensor]:
-    """Random observations and actions sampled from the policy (in the shapes ``train()`` uses)."""
-    generator = np.random.default_rng(1)
-    observations = th.as_tensor(generator.uniform(-1, 1, (n_samples, *model.observation_space.shape)), dtype=th.float32)
-    if model.use_sde:
-        model.policy.reset_noise()
-    with th.no_grad():
-        actions = model.policy.get_distribution(observations).get_actions()
-    return observations, actions
-
-
-def perturb(model: NPG) -> None:
-    """Move the actor away from its initialisation (log_std 0, tiny action layer) so every term of F is exercised."""
-    generator = th.Generator().manual_seed(2)
-    with th.no_grad():
-        for parameter in model.actor_parameters:
-            parameter.add_(0.3 * th.randn(parameter.shape, generator=generator))
-
-
-def assert_close_in_norm(actual: th.Tensor, expected: th.Tensor, rtol: float) -> None:
-    """``||actual - expected|| <= rtol ||expected||`` (float32 network, so relative to the norm)."""
-    error = (actual - expected).norm().item()
-    assert error <= rtol * expected.norm().item(), f"relative error {error / expected.norm().item():.2e}"
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)

@@ -16,7 +16,7 @@ from sb3_npg import NPG
 from sb3_npg.fisher import AutogradJacobian, HessianFisher, MLPJacobian, make_fisher, policy_jacobian
 from sb3_npg.mlp import LinearChain
 from tests.envs import ACTION_SPACES, ToyEnv, image_space
-from tests.test_fisher import assert_close_in_norm, batch, perturb, tiny_model
+from tests.helpers import assert_close_in_norm, batch, perturb, tiny_model
 
 
 @pytest.mark.parametrize("distribution", ["discrete", "box1d", "box6d", "multidiscrete", "multibinary"])

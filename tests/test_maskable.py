@@ -34,6 +34,7 @@ from sb3_npg.fisher import (
 )
 from tests.dense import dense_kl_hessian, dense_scores, distribution_of, flat_actor
 from tests.envs import ToyEnv
+from tests.helpers import assert_close_in_norm, perturb, tiny_model
 
 ACTION_SPACES = {
     "discrete": spaces.Discrete(4),
@@ -84,22 +85,11 @@ class MaskedToyEnv(ToyEnv):
         return super().step(action)
 
 
-def tiny_model(action_space: str, n_steps: int = 32, **kwargs) -> MaskableNPG:
-    """A MaskableNPG model with a tiny MLP on :class:`MaskedToyEnv`."""
-    env = make_vec_env(MaskedToyEnv, n_envs=1, seed=0, env_kwargs={"action_space": ACTION_SPACES[action_space]})
-    model = MaskableNPG(
-        "MlpPolicy", env, n_steps=n_steps, batch_size=n_steps, policy_kwargs={"net_arch": [8]}, seed=0, **kwargs
-    )
+def tiny_masked_model(action_space: str, n_steps: int = 32, **kwargs) -> MaskableNPG:
+    """A MaskableNPG model with a tiny MLP on :class:`MaskedToyEnv`, logging nowhere."""
+    model = tiny_model(ACTION_SPACES[action_space], n_steps, algorithm=MaskableNPG, env_class=MaskedToyEnv, **kwargs)
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
-
-
-def perturb(model: MaskableNPG) -> None:
-    """Move the actor away from its initialisation (tiny action layer) so every term of F is exercised."""
-    generator = th.Generator().manual_seed(2)
-    with th.no_grad():
-        for parameter in model.actor_parameters:
-            parameter.add_(0.5 * th.randn(parameter.shape, generator=generator))
 
 
 def masked_batch(model: MaskableNPG, n_samples: int, single_every: int = 3) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -113,12 +103,6 @@ def masked_batch(model: MaskableNPG, n_samples: int, single_every: int = 3) -> t
     with th.no_grad():
         actions = distribution_of(model.policy, observations, action_masks).get_actions()
     return observations, actions, action_masks
-
-
-def assert_close_in_norm(actual: th.Tensor, expected: th.Tensor, rtol: float) -> None:
-    """``||actual - expected|| <= rtol ||expected||``"""
-    error = (actual - expected).norm().item()
-    assert error <= rtol * expected.norm().item(), f"relative error {error / expected.norm().item():.2e}"
 
 
 def assert_differ(first: th.Tensor, second: th.Tensor) -> None:
@@ -145,8 +129,8 @@ def test_fisher_vector_product_equals_dense_masked_fisher(backend: str, action_s
     """
     if backend == "hessian" and jacobian == "autograd":
         pytest.skip("the Hessian backend builds no Jacobian")
-    model = tiny_model(action_space)
-    perturb(model)
+    model = tiny_masked_model(action_space)
+    perturb(model, scale=0.5)
     observations, actions, masks = masked_batch(model, 24)
     if backend == "empirical":
         scores = dense_scores(model, observations, actions, masks)
@@ -179,8 +163,8 @@ def test_fisher_vector_product_equals_dense_masked_fisher(backend: str, action_s
 @pytest.mark.parametrize("action_space", list(ACTION_SPACES))
 def test_masked_policy_gradient_equals_autograd(action_space: str, jacobian: str) -> None:
     """``g = J^T (A * scores) / N`` (either Jacobian) equals autograd's gradient of the masked log-prob."""
-    model = tiny_model(action_space)
-    perturb(model)
+    model = tiny_masked_model(action_space)
+    perturb(model, scale=0.5)
     observations, actions, masks = masked_batch(model, 24)
     advantages = th.randn(24, generator=th.Generator().manual_seed(12))
 
@@ -205,7 +189,7 @@ def test_step_equals_dense_natural_gradient_step_and_its_kl(
     KL measured independently, near target_kl.
     """
     target_kl = 0.01
-    model = tiny_model(
+    model = tiny_masked_model(
         action_space,
         cg_max_steps=300,
         normalize_advantage=False,
@@ -213,7 +197,7 @@ def test_step_equals_dense_natural_gradient_step_and_its_kl(
         step_length=step_length,
         sub_sampling_factor=sub_sampling_factor,
     )
-    perturb(model)
+    perturb(model, scale=0.5)
     observations, actions, masks = masked_batch(model, 24)
     advantages = th.randn(24, generator=th.Generator().manual_seed(12))
     every = slice(None, None, sub_sampling_factor)
@@ -256,8 +240,8 @@ def test_single_valid_action_states_add_nothing(action_space: str, backend: str)
     States with one valid action (per part) are point masses: their KL is 0, they add nothing to F or g, and
     nothing is NaN; on a mixed batch F is the Fisher of the other states, scaled by their share.
     """
-    model = tiny_model(action_space)
-    perturb(model)
+    model = tiny_masked_model(action_space)
+    perturb(model, scale=0.5)
     observations, actions, masks = masked_batch(model, 24, single_every=2)
     single = th.arange(24) % 2 == 0
     vectors = th.randn(3, len(flat_actor(model)), generator=th.Generator().manual_seed(5))
@@ -295,7 +279,7 @@ def test_single_valid_action_states_add_nothing(action_space: str, backend: str)
 @pytest.mark.parametrize("fisher", FISHER_BACKENDS)
 def test_training_and_evaluation_never_take_an_invalid_action(action_space: str, fisher: str) -> None:
     """The environment raises on an invalid action; training and evaluation run through, with finite parameters."""
-    model = tiny_model(action_space, n_steps=64, fisher=fisher)
+    model = tiny_masked_model(action_space, n_steps=64, fisher=fisher)
     model.learn(256)
     assert model.logger.name_to_value["train/kl_divergence"] > 0
     assert all(th.isfinite(parameter).all() for parameter in model.policy.parameters())
@@ -305,7 +289,7 @@ def test_training_and_evaluation_never_take_an_invalid_action(action_space: str,
 
 
 def test_predict_follows_the_mask() -> None:
-    model = tiny_model("discrete")
+    model = tiny_masked_model("discrete")
     observation = np.zeros(3, dtype=np.float32)
     for valid in range(4):
         mask = np.eye(4, dtype=bool)[valid]
@@ -369,7 +353,7 @@ def test_action_masker_and_eval_callback(tmp_path: pathlib.Path) -> None:
 @pytest.mark.parametrize("trusted", [True, False])
 @pytest.mark.parametrize("action_space", list(ACTION_SPACES))
 def test_save_load_round_trip(tmp_path: pathlib.Path, action_space: str, trusted: bool) -> None:
-    model = tiny_model(action_space, n_steps=32)
+    model = tiny_masked_model(action_space, n_steps=32)
     model.learn(64)
     model.save(tmp_path / "model")
     loaded = MaskableNPG.load(tmp_path / "model", env=model.get_env(), trusted=trusted)

@@ -14,21 +14,14 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import sb3_npg.npg
 from sb3_npg import NPG
 from sb3_npg.fisher import CGSolution
 from tests.dense import flat_actor
-from tests.envs import ACTION_SPACES, ToyEnv, image_space
-
-TINY = {"n_steps": 16, "batch_size": 8, "n_critic_updates": 2, "policy_kwargs": {"net_arch": [8]}, "seed": 0}
-
-
-def toy_env(action_space: spaces.Space = ACTION_SPACES["box6d"], observation_space=None, n_envs: int = 1):
-    env_kwargs = {"action_space": action_space, "observation_space": observation_space}
-    return make_vec_env(ToyEnv, n_envs=n_envs, seed=0, env_kwargs=env_kwargs)
+from tests.envs import ACTION_SPACES, image_space
+from tests.helpers import TINY, collect, observations_for, toy_env
 
 
 def all_parameters(model: NPG) -> th.Tensor:
@@ -157,12 +150,6 @@ def test_tensorboard_log(tmp_path: pathlib.Path) -> None:
     assert {"train/kl_divergence", "train/step_size", "train/xFx", "train/value_loss"} <= set(events.Tags()["scalars"])
 
 
-def observations_for(model: NPG, n: int = 20) -> np.ndarray:
-    space = model.observation_space
-    space.seed(0)
-    return np.stack([space.sample() for _ in range(n)])
-
-
 def model_actor(model: NPG) -> list[th.nn.Parameter]:
     """The parameters not held by the critic optimiser."""
     critic = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
@@ -241,12 +228,6 @@ def test_invalid_hyperparameters_raise(name: str, value) -> None:
 
 def test_largest_valid_batch_size() -> None:
     assert NPG("MlpPolicy", toy_env(n_envs=2), **{**TINY, "batch_size": 32}).batch_size == 32
-
-
-def collect(model: NPG) -> None:
-    _, callback = model._setup_learn(model.n_steps)
-    callback.on_training_start(locals(), globals())
-    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
 
 
 class NaNSolve:

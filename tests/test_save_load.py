@@ -28,20 +28,8 @@ from torch import nn
 
 from sb3_npg import NPG
 from sb3_npg.save_load import SERIALIZED, UntrustedLoadError, is_pickled
-from tests.envs import ACTION_SPACES, ToyEnv, image_space
-
-TINY = {"n_steps": 16, "batch_size": 8, "n_critic_updates": 2, "policy_kwargs": {"net_arch": [8]}, "seed": 0}
-
-
-def toy_env(action_space: spaces.Space = ACTION_SPACES["box6d"], observation_space: spaces.Space | None = None):
-    env_kwargs = {"action_space": action_space, "observation_space": observation_space}
-    return make_vec_env(ToyEnv, n_envs=1, seed=0, env_kwargs=env_kwargs)
-
-
-def observations_for(model: BaseAlgorithm, n: int = 20) -> np.ndarray:
-    space = model.observation_space
-    space.seed(0)
-    return np.stack([space.sample() for _ in range(n)])
+from tests.envs import ACTION_SPACES, image_space
+from tests.helpers import TINY, observations_for, toy_env
 
 
 def assert_same_policy(model: BaseAlgorithm, reference: BaseAlgorithm) -> None:
@@ -135,6 +123,16 @@ def craft(source: pathlib.Path, target: pathlib.Path, marker: pathlib.Path, key:
             crafted.writestr(name, content)
 
 
+def with_data(source: pathlib.Path, target: pathlib.Path, **entries: object) -> None:
+    """Copy a save file, setting the JSON entries ``entries`` of its ``data`` member (everything else unchanged)."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as changed:
+        for name in original.namelist():
+            content = original.read(name)
+            if name == "data":
+                content = json.dumps({**json.loads(content), **entries}).encode()
+            changed.writestr(name, content)
+
+
 @pytest.fixture
 def saved_model(tmp_path: pathlib.Path) -> tuple[NPG, pathlib.Path]:
     model = NPG("MlpPolicy", toy_env(), **{**TINY, "policy_kwargs": {"net_arch": [8], "activation_fn": nn.ReLU}})
@@ -184,20 +182,14 @@ def test_crafted_policy_class_outside_the_aliases_raises(
     saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path
 ) -> None:
     _, path = saved_model
-    with zipfile.ZipFile(path) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    data = json.loads(members["data"])
     marker = tmp_path / "ran"
-    data["policy_class"] = {
+    policy_class = {
         ":type:": "<class 'type'>",
         SERIALIZED: base64.b64encode(pickle.dumps(CreatesFile(marker), protocol=2)).decode(),
         "__module__": "os",
         "__init__": "<function system at 0x0>",
     }
-    members["data"] = json.dumps(data).encode()
-    with zipfile.ZipFile(tmp_path / "crafted.zip", "w") as crafted:
-        for name, content in members.items():
-            crafted.writestr(name, content)
+    with_data(path, tmp_path / "crafted.zip", policy_class=policy_class)
     with pytest.raises(UntrustedLoadError, match=r"not one of NPG's policies.*custom_objects.*trusted=True"):
         NPG.load(tmp_path / "crafted.zip", env=toy_env(), trusted=False)
     assert not marker.exists()
@@ -207,14 +199,8 @@ def test_planted_attributes_are_dropped_on_the_safe_path(
     saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path
 ) -> None:
     model, path = saved_model
-    with zipfile.ZipFile(path) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    data = json.loads(members["data"])
-    data["env"] = "planted:Env-v0"  # SB3's load would gym.make it (importing the module "planted") when env is None
-    members["data"] = json.dumps(data).encode()
-    with zipfile.ZipFile(tmp_path / "planted.zip", "w") as planted:
-        for name, content in members.items():
-            planted.writestr(name, content)
+    # SB3's load would gym.make it (importing the module "planted") when env is None
+    with_data(path, tmp_path / "planted.zip", env="planted:Env-v0")
     spaces_only = {"observation_space": model.observation_space, "action_space": model.action_space}
     loaded = NPG.load(tmp_path / "planted.zip", trusted=False, custom_objects=spaces_only)
     assert loaded.env is None

@@ -20,7 +20,7 @@ from sb3_npg import NPG
 from sb3_npg.fisher import search_step_scale
 from tests.dense import flat_actor, summed_kl
 from tests.envs import ACTION_SPACES, ToyEnv
-from tests.test_train_step import collect, cosine
+from tests.helpers import collect, cosine
 
 TOLERANCE = 0.05
 TARGET = 0.01

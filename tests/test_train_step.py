@@ -19,13 +19,7 @@ import sb3_npg.mlp
 from sb3_npg import NPG
 from tests.dense import dense_kl_hessian, dense_scores, flat_actor, select
 from tests.envs import ACTION_SPACES, ToyEnv, image_space
-
-
-def collect(model: NPG) -> None:
-    """Fill the rollout buffer once, as ``learn`` does before ``train()`` (the logger is configured too)."""
-    _, callback = model._setup_learn(model.n_steps * model.n_envs, reset_num_timesteps=model._last_obs is None)
-    callback.on_training_start(locals(), globals())
-    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+from tests.helpers import collect, cosine
 
 
 def batch_tensors(model: NPG):
@@ -61,10 +55,6 @@ def dense_step(model: NPG) -> tuple[th.Tensor, th.Tensor, float]:
 
 def critic_parameters(model: NPG) -> list[th.nn.Parameter]:
     return [p for group in model.policy.optimizer.param_groups for p in group["params"]]
-
-
-def cosine(a: th.Tensor, b: th.Tensor) -> float:
-    return (a @ b / (a.norm() * b.norm())).item()
 
 
 def cartpole(**kwargs) -> NPG:

@@ -13,10 +13,15 @@ Usage::
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/common.py
+
+from common import append_jsonl, markdown_table, read_jsonl  # noqa: E402
+
 RUNS = HERE / "candidate_runs.jsonl"
 README = HERE / "README.md"
 TABLE_START = "<!-- candidate table: collect.py -->"
@@ -58,12 +63,14 @@ def table(runs: list[dict[str, Any]]) -> str:
     rows: dict[tuple[str, tuple[str, ...], int], dict[int, float]] = {}
     for run in runs:
         rows.setdefault((run["env"], tuple(run["overrides"]), run["steps"]), {})[run["seed"]] = run["final_mean_return"]
-    lines = ["| env | candidate (`--hyperparams`) | steps | seed 0 | seed 1 | seed 2 |", "|---|---|---|---|---|---|"]
+    table = []
     for (env, overrides, steps), by_seed in sorted(rows.items(), key=lambda item: item[0][0]):
         candidate = " ".join(overrides) or "(the entry as it was)"
-        scores = [str(round(by_seed[seed])) if seed in by_seed else "-" for seed in range(3)]
-        lines.append(f"| {env} | {candidate} | {_steps(steps)} | {' | '.join(scores)} |")
-    return "\n".join(lines)
+        table.append(
+            [env, candidate, _steps(steps), *(str(round(by_seed[seed])) if seed in by_seed else "-" for seed in range(3))]
+        )
+    columns = ["env", "candidate (`--hyperparams`)", "steps", "seed 0", "seed 1", "seed 2"]
+    return "\n".join(markdown_table(columns, table))
 
 
 def main() -> None:
@@ -71,11 +78,10 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, default=HERE.parent / "logs" / "tune", help="the tuning runs' folder")
     args = parser.parse_args()
 
-    runs = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
+    runs = read_jsonl(RUNS)
     added = new_runs(args.logs, {(run["candidate"], run["env"], run["seed"]) for run in runs})
-    with RUNS.open("a") as file:
-        for run in added:
-            file.write(json.dumps(run) + "\n")
+    for run in added:
+        append_jsonl(RUNS, run)
     runs += added
 
     readme = README.read_text()

@@ -4,7 +4,7 @@ Cost of NPG's NaN/inf check (``sb3_npg.env_checks.FiniteCheck``) on CartPole-v1 
 Prints the check's own time per step (``timeit`` on the arrays of one CartPole step), and the time per
 timestep of ``env.step`` and of ``NPG.learn`` with and without the check (interleaved repeats, min and median).
 
-    python benchmarks/finite_check_cost.py
+    python benchmarks/investigations/finite_check_cost.py
 """
 
 import time

@@ -9,9 +9,9 @@ and the advantage scale (``train/advantage_std``), then every update of the inte
 return fell (from the last evaluation at or above the threshold to the first one below it), and draws the same
 quantities against the steps, with the other runs of the same env and algorithm in grey for comparison. Usage::
 
-    python benchmarks/diagnose_collapse.py                                  # the held-out results
-    python benchmarks/diagnose_collapse.py --envs Hopper-v5 --algos npg --threshold 0.6
-    python benchmarks/diagnose_collapse.py --results benchmarks/results/rewards.jsonl --out-dir /tmp/diagnosis
+    python benchmarks/investigations/diagnose_collapse.py             # the held-out results
+    python benchmarks/investigations/diagnose_collapse.py --envs Hopper-v5 --algos npg --threshold 0.6
+    python benchmarks/investigations/diagnose_collapse.py --results benchmarks/results/rewards.jsonl --out-dir /tmp/diagnosis
 
 Figures: ``<out-dir>/<algo>_<env>_seed<seed>.png`` (default out-dir: ``diagnosis/`` beside the results file).
 
@@ -21,7 +21,7 @@ the median KL per update and per 1000 samples, the KL summed over the run, std, 
 episodes' return and length, the final deterministic return), the medians of each 100k steps side by
 side, and a figure ``<algo>_vs_<other>_<env>_seed<seed>.png``. For instance NPG against TRPO on Hopper::
 
-    python benchmarks/diagnose_collapse.py --envs Hopper-v5 --algos npg --compare trpo
+    python benchmarks/investigations/diagnose_collapse.py --envs Hopper-v5 --algos npg --compare trpo
 """
 
 import argparse
@@ -35,10 +35,11 @@ from typing import Any
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # rewards.py, imported as a module, imports zoo_run.py from here
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BENCHMARKS))  # rewards.py, imported as a module, imports common.py and zoo_run.py from there
 
-from rewards import expand_envs, group_results, read_results  # noqa: E402
+from common import RESULTS, read_jsonl  # noqa: E402
+from rewards import expand_envs, group_results  # noqa: E402
 
 #: The quantities the diagnosis shows for each update (see :func:`quantities`).
 QUANTITIES = ("KL/target", "xFx", "std", "expl. var.", "adv. std")
@@ -314,7 +315,7 @@ def plot_run(
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--results", type=pathlib.Path, default=HERE / "results" / "heldout" / "rewards.jsonl")
+    parser.add_argument("--results", type=pathlib.Path, default=RESULTS / "heldout" / "rewards.jsonl")
     parser.add_argument("--threshold", type=float, default=0.6, help="final / best evaluation below it: a collapse")
     parser.add_argument("--envs", nargs="+", default=None, help="env ids or groups (classic, box2d, mujoco); default: all")
     parser.add_argument("--algos", nargs="+", default=None, help="default: all")
@@ -325,10 +326,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
     envs = None if args.envs is None else expand_envs(args.envs)
     every_run = [
-        run
-        for runs in group_results(read_results(args.results)).values()
-        for run in runs
-        if envs is None or run["env"] in envs
+        run for runs in group_results(read_jsonl(args.results)).values() for run in runs if envs is None or run["env"] in envs
     ]
     runs = [run for run in every_run if args.algos is None or run["algo"] in args.algos]
     logs = {

@@ -28,11 +28,12 @@ Two cheap measurements (seconds to a few minutes of CPU) on a run's saved model 
 The ``VecNormalize`` statistics are the ones saved at the end of training (``best_model.zip`` is evaluated with
 them too, so its figures are approximate). Usage::
 
-    nice -n 10 python benchmarks/probe_policy.py noise benchmarks/logs/runs/npg/Hopper-v5/seed7_1000000
-    nice -n 10 python benchmarks/probe_policy.py step benchmarks/logs/runs/trpo/Hopper-v5/seed7_1000000 --kls 0.006 0.09
-    nice -n 10 python benchmarks/probe_policy.py continue benchmarks/logs/runs/trpo/Hopper-v5/seed7_1000000 \
+    nice -n 10 python benchmarks/investigations/probe_policy.py noise benchmarks/logs/runs/npg/Hopper-v5/seed7_1000000
+    nice -n 10 python benchmarks/investigations/probe_policy.py step benchmarks/logs/runs/trpo/Hopper-v5/seed7_1000000 \
+        --kls 0.006 0.09
+    nice -n 10 python benchmarks/investigations/probe_policy.py continue benchmarks/logs/runs/trpo/Hopper-v5/seed7_1000000 \
         --target-kl 0.1 --steps 81920 --eval-every 2 --episodes 2 --seed 1 --out probes.jsonl
-    python benchmarks/probe_policy.py figure probes.jsonl --figure continue.png
+    python benchmarks/investigations/probe_policy.py figure probes.jsonl --figure continue.png
 
 Output: one JSON line per measurement on stdout (and appended to ``--out``, if given).
 """
