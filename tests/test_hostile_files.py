@@ -322,7 +322,7 @@ def test_thousands_of_members_are_refused(saved: tuple[NPG, pathlib.Path]) -> No
     crowded = path.with_name("crowded.zip")
     write_zip(crowded, [*members_of(path).items(), *((f"extra/{index}", b"x") for index in range(2000))])
     assert_refused(
-        model, crowded, rf"has {5000 + len(members_of(path))} members: a saved model has at most {MAX_SAVE_MEMBERS}"
+        model, crowded, rf"has {2000 + len(members_of(path))} members: a saved model has at most {MAX_SAVE_MEMBERS}"
     )
 
 
