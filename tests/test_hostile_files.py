@@ -80,11 +80,11 @@ class Reduce:
 
 
 class ObjectArray:
-    """numpy's own pickle of an object array, with a shape far larger than its one-element list (crashes numpy)."""
+    """numpy's own pickle of an object array, with a shape larger than its one-element list (crashes numpy)."""
 
     def __reduce__(self):
         reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
-        return reconstruct, (np.ndarray, (0,), b"b"), (1, (10**9,), np.dtype(object), False, [1])
+        return reconstruct, (np.ndarray, (0,), b"b"), (1, (1000,), np.dtype(object), False, [1])
 
 
 def gadgets(marker: pathlib.Path) -> dict[str, object]:
@@ -147,10 +147,12 @@ def test_vecnormalize_object_array_that_crashes_numpy_is_refused(tmp_path: pathl
     path.write_bytes(pickle.dumps(ObjectArray(), protocol=4))
     with pytest.raises(ValueError, match="numpy dtype 'O8', not a number type"):
         check_vecnormalize(str(path))
-    # The crash is real: numpy's own unpickling of the file kills the interpreter (segmentation fault).
-    code = f"import pickle, pathlib; pickle.loads(pathlib.Path({str(path)!r}).read_bytes())"
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False)
-    assert completed.returncode != 0
+    # The crash is real: numpy's own unpickling of the file kills the interpreter (segmentation fault, seen with
+    # numpy 2.4.6; numpy 1.x is not known to, hence the version test).
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        code = f"import pickle, pathlib; pickle.loads(pathlib.Path({str(path)!r}).read_bytes())"
+        completed = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False)
+        assert completed.returncode != 0
 
 
 @pytest.mark.parametrize(
