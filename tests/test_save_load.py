@@ -334,7 +334,7 @@ def test_safe_torch_version_is_judged_as_a_version() -> None:
 @below_safe_torch
 def test_untrusted_paths_refuse_below_safe_torch(saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path) -> None:
     model, path = saved_model
-    target = NPG("MlpPolicy", toy_env(), **{**TINY, "seed": 1})
+    target = NPG("MlpPolicy", toy_env(), **{**TINY, "seed": 1, "policy_kwargs": model.policy_kwargs})
     parameters = {key: value.clone() for key, value in target.policy.state_dict().items()}
     file_before = (path.read_bytes(), path.stat().st_mtime_ns)
     version = rf"torch {th.__version__} is installed.*CVE-2025-32434.*CVE-2026-24747.*torch>=2.10"
