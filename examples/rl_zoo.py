@@ -19,6 +19,7 @@ import os
 import tempfile
 
 from sb3_npg import enjoy, train
+from sb3_npg.save_load import untrusted_files_supported
 
 QUICK = os.environ.get("SB3_NPG_EXAMPLE_QUICK") == "1"
 ENV_ID = "CartPole-v1"
@@ -36,8 +37,10 @@ with tempfile.TemporaryDirectory() as logs:
     budget = ["-n", "2048", "--eval-freq", "-1"] if QUICK else []
     run("train", "--algo", "npg", "--env", ENV_ID, "--seed", "0", "-f", logs, "--verbose", "0",
         "--hyperparams", "target_kl:0.01", *budget)  # fmt: skip
-    # 2. Watch / evaluate it as any Zoo agent (here without rendering).
-    run("enjoy", "--algo", "npg", "--env", ENV_ID, "-f", logs, "--no-render", "-n", "500" if QUICK else "2000")
+    # 2. Watch / evaluate it as any Zoo agent (here without rendering). enjoy reads the agent without running its
+    #    files' code; on a torch below 2.10 that refuses (SECURITY.md), and this agent, trained just above, is trusted.
+    trusted = [] if untrusted_files_supported() else ["--trusted"]
+    run("enjoy", "--algo", "npg", "--env", ENV_ID, "-f", logs, "--no-render", "-n", "500" if QUICK else "2000", *trusted)
 
     # 3. The same model from Python: register NPG, then use the Zoo's helpers and the saved files.
     from rl_zoo3.utils import ALGOS, get_latest_run_id

@@ -7,6 +7,7 @@ search on the surrogate; with ``step_length="exact"`` the scale along ``x`` is s
 is ``target_kl``), the KL measured after the step, then the critic's regression on the returns.
 """
 
+import copy
 import io
 import pathlib
 import warnings
@@ -21,6 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Conve
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
@@ -47,10 +49,12 @@ from sb3_npg.save_load import (
     UntrustedLoadError,
     atomic_save_file,
     check_saved_by_npg,
+    check_state_dict,
     loads_recurrent_policies,
     optimizer_state_fits,
     read_parameters,
     read_save_file,
+    require_safe_torch,
     trust_hint,
     untrusted_load_arguments,
 )
@@ -557,8 +561,16 @@ class NPG(OnPolicyAlgorithm):
             ``policy_kwargs`` from their readable copy (torch activations/optimisers and SB3's features
             extractors only; else pass ``custom_objects={"policy_kwargs": ...}``), the weights from
             ``torch.load(weights_only=True)``; other pickled entries keep the constructor's values. A file that
-            cannot be read that way raises ``ValueError``.
+            cannot be read that way raises ``ValueError``. Refused (``ValueError``, before the file is read) on
+            a torch below ``SAFE_TORCH_VERSION`` (2.10), whose ``weights_only`` unpickler has published
+            advisories (see SECURITY.md).
+
+        A save file over the limits of :mod:`sb3_npg.save_load` (member count and names, stated sizes,
+        compression ratio) is refused before anything is decompressed; tensors that do not fit the policy raise
+        ``ValueError`` naming the parameter.
         """
+        if not trusted:
+            require_safe_torch(f"{cls.__name__}.load(path, trusted=False)", trust_hint(cls.__name__))
         save_file = read_save_file(path)
         check_saved_by_npg(save_file, cls.__name__, recurrent=loads_recurrent_policies(cls))
         if trusted:
@@ -601,6 +613,7 @@ class NPG(OnPolicyAlgorithm):
         load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | dict[str, Any] | BaseAlgorithm,  # type: ignore[override]
         exact_match: bool = True,
         device: th.device | str = "auto",
+        trusted: bool = False,
     ) -> None:
         """
         Load parameters from a save file, a dict (``get_parameters()``) or a model; see SB3's ``set_parameters``.
@@ -608,12 +621,40 @@ class NPG(OnPolicyAlgorithm):
         Parameters from another algorithm (PPO, A2C, TRPO, ... with the same policy architecture) warm-start NPG:
         the policy weights are loaded, the optimiser state is not (NPG's critic optimiser holds the value
         parameters only) and a ``UserWarning`` says so. ``.pth`` members are read with ``weights_only=True``.
+        Tensors that do not fit the model (shape, dtype, extra or missing keys with ``exact_match``) raise
+        ``ValueError`` naming the parameter; on any error the model keeps the parameters it had.
 
         :param load_path_or_dict: a save file (path or binary file object), a dict of state dicts, or a model
         :param exact_match: the policy state dict must have exactly the policy's parameters
         :param device: where to load the tensors
+        :param trusted: ``False``: a file is refused on a torch below ``SAFE_TORCH_VERSION`` (2.10), whose
+            ``weights_only`` unpickler has published advisories (see SECURITY.md); ``True`` reads it there too (for
+            a file you trust). Either way the file is read with ``weights_only=True``; dicts and models are not files.
         """
+        if not trusted and not isinstance(load_path_or_dict, dict | BaseAlgorithm):
+            require_safe_torch(
+                f"{type(self).__name__}.set_parameters(path)", "pass trusted=True: model.set_parameters(path, trusted=True)"
+            )
         params, algorithm = read_parameters(load_path_or_dict, device)
+        objects = set(self._get_torch_save_params()[0])
+        for name, state in params.items():
+            if name not in objects:
+                raise ValueError(f"'{name}' is not one of the model's parameter sets ({', '.join(sorted(objects))})")
+            module = recursive_getattr(self, name)
+            if isinstance(module, nn.Module):
+                check_state_dict(name, state, module, exact_match)
+        previous = {name: copy.deepcopy(recursive_getattr(self, name).state_dict()) for name in objects}
+        try:
+            self._load_parameters(params, algorithm, exact_match, device)
+        except BaseException:
+            for name, state in previous.items():
+                recursive_getattr(self, name).load_state_dict(state)
+            raise
+
+    def _load_parameters(
+        self, params: dict[str, Any], algorithm: str | None, exact_match: bool, device: th.device | str
+    ) -> None:
+        """Load checked parameters: all of them from NPG (or a dict) when the optimiser state fits, else the policy's."""
         optimizer_state = params.get("policy.optimizer")
         if algorithm in (None, "NPG") and (
             optimizer_state is None or optimizer_state_fits(optimizer_state, self.policy.optimizer)
@@ -627,7 +668,7 @@ class NPG(OnPolicyAlgorithm):
             f"Loaded the policy weights of {algorithm or 'another algorithm'} (its optimiser state does not fit NPG's, "
             "whose critic optimiser holds the value parameters only): NPG's optimiser keeps its own state.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
 
     def _excluded_save_params(self) -> list[str]:

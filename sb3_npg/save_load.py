@@ -15,6 +15,17 @@ Saved models: what ``NPG.save``, ``NPG.load`` and ``NPG.set_parameters`` need be
   ``policy_kwargs`` from their readable copy (classes from a short allow-list), the learning rate as a constant.
 - :func:`read_parameters` and :func:`optimizer_state_fits`: the warm start of ``set_parameters`` from PPO, A2C
   or TRPO (their optimiser holds every parameter, NPG's the value function's only).
+- :func:`require_safe_torch`: the untrusted paths refuse to run on a torch whose ``weights_only`` unpickler has
+  published advisories (below :data:`SAFE_TORCH_VERSION`).
+- :func:`check_state_dict`: tensors that do not fit the model (shape, dtype, extra or missing keys) are refused
+  before any is copied into it.
+
+Limits on a save file, checked from the zip's central directory before any member is decompressed (a file over
+them raises ``ValueError``): at most :data:`MAX_SAVE_MEMBERS` members, no two with the same name, no absolute or
+``..`` names, no encrypted member, at most :data:`MAX_SAVE_BYTES` for the file and for the sum of its members'
+stated sizes, and members over :data:`RATIO_CHECKED_ABOVE` bytes compressed at most :data:`MAX_COMPRESSION_RATIO`
+times. A member is then decompressed to at most its stated size, and one that does not decompress to exactly that
+size with its checksum is refused.
 """
 
 import inspect
@@ -26,6 +37,7 @@ import shutil
 import uuid
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +49,32 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.utils import get_device
 from torch import nn
+from torch.torch_version import TorchVersion
+
+SAFE_TORCH_VERSION = "2.10"
+"""The lowest torch whose ``torch.load(weights_only=True)`` has no published advisory (see :data:`TORCH_ADVISORIES`):
+``load(..., trusted=False)``, ``set_parameters`` from a file and the Zoo's safe ``enjoy``/``record_video`` refuse
+to run below it."""
+
+TORCH_ADVISORIES = (
+    "CVE-2025-32434 (torch <= 2.5.1: a crafted file runs code through torch.load(weights_only=True); fixed in 2.6.0)",
+    "CVE-2026-24747 (torch < 2.10: memory corruption in the weights_only unpickler, code execution from a crafted checkpoint)",
+)
+"""The published advisories on ``torch.load(weights_only=True)`` that :data:`SAFE_TORCH_VERSION` is above."""
+
+MAX_SAVE_MEMBERS = 64
+"""Most members a save file may have (SB3 writes at most a handful: ``data``, one ``.pth`` per module and
+optimiser, ``pytorch_variables.pth``, ``_stable_baselines3_version``, ``system_info.txt``)."""
+
+MAX_SAVE_BYTES = 512 * 1024**2
+"""Largest save file (512 MiB), and largest sum of its members' stated (uncompressed) sizes."""
+
+MAX_COMPRESSION_RATIO = 100
+"""Largest ratio of stated to compressed size for a member over :data:`RATIO_CHECKED_ABOVE` bytes (SB3 writes its
+members uncompressed; weights compress by less than 2)."""
+
+RATIO_CHECKED_ABOVE = 1024**2
+"""Members up to this size (1 MiB) may have any compression ratio."""
 
 SERIALIZED = ":serialized:"
 """The key SB3's JSON uses for a cloudpickled value (base64)."""
@@ -114,6 +152,38 @@ class UntrustedLoadError(ValueError):
     """A save file that ``load(..., trusted=False)`` cannot read without unpickling."""
 
 
+class UnsafeTorchError(UntrustedLoadError):
+    """The installed torch's ``weights_only`` unpickler has published advisories: files from strangers are refused."""
+
+
+def untrusted_files_supported(torch_version: str | None = None) -> bool:
+    """
+    Whether a torch version is one the untrusted paths run on (at least :data:`SAFE_TORCH_VERSION`).
+
+    :param torch_version: a torch version string (``None``: the installed torch's)
+    """
+    return TorchVersion(th.__version__ if torch_version is None else torch_version) >= SAFE_TORCH_VERSION
+
+
+def require_safe_torch(what: str, trusted_alternative: str, torch_version: str | None = None) -> None:
+    """
+    Refuse an untrusted path on a torch below :data:`SAFE_TORCH_VERSION`, before any file is read.
+
+    :param what: what is refused, for the message (e.g. ``"NPG.load(path, trusted=False)"``)
+    :param trusted_alternative: how to read a file the user trusts, for the message
+    :param torch_version: the torch version to judge (``None``: the installed torch's)
+    :raises UnsafeTorchError: (a ``ValueError``) naming the version found, the advisories and the fixes
+    """
+    version = th.__version__ if torch_version is None else torch_version
+    if not untrusted_files_supported(version):
+        raise UnsafeTorchError(
+            f"{what} refused: torch {version} is installed, and reading a file from a stranger rests on its "
+            f"torch.load(weights_only=True), which has published advisories below torch {SAFE_TORCH_VERSION}: "
+            f"{'; '.join(TORCH_ADVISORIES)}. Upgrade torch (pip install 'torch>={SAFE_TORCH_VERSION}'), or, for a "
+            f"file you trust, {trusted_alternative}."
+        )
+
+
 @dataclass(frozen=True)
 class SaveFile:
     """
@@ -143,23 +213,66 @@ def _zip_bytes(members: Mapping[str, bytes]) -> io.BytesIO:
 
 
 def existing_save_file(path: pathlib.Path) -> pathlib.Path:
-    """The path of a readable SB3 save file (``.zip`` added as ``model.save`` does), or a clear error."""
+    """The path of an existing SB3 save file (``.zip`` added as ``model.save`` does), or ``FileNotFoundError``."""
     if not path.exists() and path.suffix != ".zip" and path.with_suffix(path.suffix + ".zip").exists():
         path = path.with_suffix(path.suffix + ".zip")
     if not path.is_file():
         raise FileNotFoundError(f"No saved NPG model at '{path}'")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged_member = archive.testzip()
-            members = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise ValueError(f"'{path}' is not a readable saved model (corrupt or not a zip archive): {error}") from error
-    if damaged_member is not None:
-        raise ValueError(f"'{path}' is corrupt: member '{damaged_member}' fails its checksum")
-    missing = {"data", "policy.pth"} - members
-    if missing:
-        raise ValueError(f"'{path}' is not a complete saved model: missing {', '.join(sorted(missing))}")
     return path
+
+
+def _unsafe_member_name(member: str) -> bool:
+    """Whether a member name is absolute, has a drive, a backslash or a ``..`` part (SB3 writes none of these)."""
+    parts = member.split("/")
+    return member.startswith("/") or "\\" in member or ":" in member or any(part in ("", ".", "..") for part in parts)
+
+
+def checked_members(archive: zipfile.ZipFile, name: str) -> list[zipfile.ZipInfo]:
+    """
+    The members of a save file's zip archive, checked against the limits from the central directory alone
+    (nothing decompressed): see the module docstring.
+
+    :param archive: the open archive
+    :param name: the file's name, for messages
+    :raises ValueError: naming the member and the limit it breaks
+    """
+    members = archive.infolist()
+    if len(members) > MAX_SAVE_MEMBERS:
+        raise ValueError(f"'{name}' has {len(members)} members: a saved model has at most {MAX_SAVE_MEMBERS}")
+    seen: set[str] = set()
+    for info in members:
+        if _unsafe_member_name(info.filename):
+            raise ValueError(f"'{name}' has a member named {info.filename!r}: not a saved model's (absolute, '..' or '\\')")
+        if info.filename in seen:
+            raise ValueError(f"'{name}' has two members named {info.filename!r}: not a saved model")
+        seen.add(info.filename)
+        if info.flag_bits & 0x1:
+            raise ValueError(f"'{name}': member {info.filename!r} is encrypted, which a saved model never is")
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_CHECKED_ABOVE and ratio > MAX_COMPRESSION_RATIO:
+            raise ValueError(
+                f"'{name}': member {info.filename!r} states {info.file_size} bytes compressed {ratio:.0f} times, more than "
+                f"the {MAX_COMPRESSION_RATIO} times allowed above {RATIO_CHECKED_ABOVE} bytes (a zip bomb?)"
+            )
+    total = sum(info.file_size for info in members)
+    if total > MAX_SAVE_BYTES:
+        raise ValueError(f"'{name}' states {total} bytes of members, more than the {MAX_SAVE_BYTES} allowed (a zip bomb?)")
+    return members
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
+    """A member decompressed to at most one byte past its stated size; it must be exactly that size, checksum good."""
+    try:
+        with archive.open(info) as member:
+            content = member.read(info.file_size + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as error:
+        raise ValueError(
+            f"'{name}': member {info.filename!r} is damaged or does not decompress to its stated {info.file_size} bytes "
+            f"({error})"
+        ) from error
+    if len(content) != info.file_size:
+        raise ValueError(f"'{name}': member {info.filename!r} decompresses to more than its stated {info.file_size} bytes")
+    return content
 
 
 def read_save_file(path: str | pathlib.Path | io.BufferedIOBase) -> SaveFile:
@@ -169,21 +282,28 @@ def read_save_file(path: str | pathlib.Path | io.BufferedIOBase) -> SaveFile:
     :param path: a path (``.zip`` may be left out, as for ``model.save``) or a binary file object
     :return: its members and its ``data`` JSON
     :raises FileNotFoundError: if the path does not exist
-    :raises ValueError: if it is not a complete, readable SB3 save file
+    :raises ValueError: if it is not a complete, readable SB3 save file, or breaks the limits of the module
+        docstring (checked before anything is decompressed)
     """
     if isinstance(path, str | pathlib.Path):
         file_path = existing_save_file(pathlib.Path(path))
-        name, content = str(file_path), file_path.read_bytes()
+        name = str(file_path)
+        if file_path.stat().st_size > MAX_SAVE_BYTES:
+            raise ValueError(f"'{name}' has {file_path.stat().st_size} bytes, more than the {MAX_SAVE_BYTES} of a saved model")
+        content = file_path.read_bytes()
     else:
-        name, content = "<stream>", path.read()
+        name, content = "<stream>", path.read(MAX_SAVE_BYTES + 1)
+        if len(content) > MAX_SAVE_BYTES:
+            raise ValueError(f"'{name}' has more than the {MAX_SAVE_BYTES} bytes of a saved model")
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            members = {member: archive.read(member) for member in archive.namelist()}
+            infos = checked_members(archive, name)
+            missing = {"data", "policy.pth"} - {info.filename for info in infos}
+            if missing:
+                raise ValueError(f"'{name}' is not a complete saved model: missing {', '.join(sorted(missing))}")
+            members = {info.filename: _read_member(archive, info, name) for info in infos}
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise ValueError(f"'{name}' is not a readable saved model (corrupt or not a zip archive): {error}") from error
-    missing = {"data", "policy.pth"} - members.keys()
-    if missing:
-        raise ValueError(f"'{name}' is not a complete saved model: missing {', '.join(sorted(missing))}")
     try:
         data = json.loads(members["data"])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -516,3 +636,34 @@ def optimizer_state_fits(state: Mapping[str, Any], optimizer: th.optim.Optimizer
             if isinstance(value, th.Tensor) and value.dim() > 0 and value.shape != shapes.get(index):
                 return False
     return True
+
+
+def check_state_dict(name: str, state: Any, module: nn.Module, exact_match: bool) -> None:
+    """
+    Refuse a state dict that does not fit a module, before any tensor is copied into it: every tensor must have
+    the shape and dtype of the module's entry of the same name; with ``exact_match``, no key may be missing or extra.
+
+    :param name: the module's name in the model (``"policy"``), for messages
+    :param state: the state dict to load
+    :param module: the module it would be loaded into
+    :param exact_match: whether the keys must be exactly the module's
+    :raises ValueError: naming the first parameter that does not fit
+    """
+    if not isinstance(state, Mapping):
+        raise ValueError(f"The '{name}' parameters are a {type(state).__name__}, not a state dict")
+    expected = module.state_dict()
+    for key, value in state.items():
+        if key not in expected:
+            if exact_match:
+                raise ValueError(f"Parameter '{name}.{key}' is not one of the model's (exact_match=True)")
+            continue
+        if not isinstance(value, th.Tensor):
+            raise ValueError(f"Parameter '{name}.{key}' is a {type(value).__name__}, not a tensor")
+        wanted = expected[key]
+        if value.shape != wanted.shape:
+            raise ValueError(f"Parameter '{name}.{key}' has shape {tuple(value.shape)}, the model's {tuple(wanted.shape)}")
+        if value.dtype != wanted.dtype:
+            raise ValueError(f"Parameter '{name}.{key}' has dtype {value.dtype}, the model's {wanted.dtype}")
+    missing = sorted(set(expected) - set(state))
+    if exact_match and missing:
+        raise ValueError(f"Parameter '{name}.{missing[0]}' is missing ({len(missing)} missing; exact_match=True)")

@@ -15,12 +15,19 @@ default; ``--trusted`` turns it off):
   (or ``dict(...)`` of literals), wrappers that are ``gymnasium.Wrapper`` / ``VecEnvWrapper`` classes (from
   :data:`WRAPPER_PACKAGES` or an already imported package, since importing runs a module), and a
   ``vecnormalize.pkl`` whose pickle only names the classes of :data:`VECNORMALIZE_GLOBALS` (the Python docs'
-  "restricting globals" unpickler). A file that fails raises ``ValueError`` naming it and ``--trusted``.
+  "restricting globals" unpickler, which builds stand-ins instead of the classes and checks that every numpy
+  array, dtype and scalar is a plain number array of the size its bytes give: rl_zoo3 unpickles the file next,
+  and numpy's own unpickling of a crafted object array crashes the interpreter). A file that fails raises
+  ``ValueError`` naming it and ``--trusted``.
+
+On a torch below :data:`sb3_npg.save_load.SAFE_TORCH_VERSION` the checks refuse the agent before any of its files
+is read (``torch.load(weights_only=True)`` there has published advisories): upgrade torch, or pass ``--trusted``.
 """
 
 import ast
 import contextlib
 import importlib
+import io
 import os
 import pickle
 import sys
@@ -28,7 +35,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 from sb3_npg.npg import NPG
+from sb3_npg.save_load import require_safe_torch
 from sb3_npg.zoo import ALGORITHMS, register
 
 WRAPPER_PACKAGES = frozenset({"gymnasium", "stable_baselines3", "sb3_contrib", "rl_zoo3", "sb3_npg", "minigrid", "ale_py"})
@@ -64,6 +74,10 @@ VECNORMALIZE_GLOBALS = frozenset(
         ("gymnasium.spaces.tuple", "Tuple"),
     }
 )
+
+
+MAX_VECNORMALIZE_BYTES = 64 * 1024**2
+"""Largest ``vecnormalize.pkl`` read (64 MiB; SB3's for an 84x84x4 image observation is under 1 MiB)."""
 
 
 def _untrusted(file: str, problem: str) -> ValueError:
@@ -133,27 +147,114 @@ def is_literal_expression(text: str) -> bool:
     return True
 
 
+class _StandIn:
+    """What the check builds for an allowed class: accepts any arguments and state, runs none of the class's code."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        """Accept ``APPEND`` (the state of list subclasses)."""
+
+    def extend(self, values: Any) -> None:
+        """Accept ``APPENDS``."""
+
+
+class _NdarrayStandIn(_StandIn):
+    """``numpy.ndarray``, allowed only as the first argument of ``_reconstruct`` (as numpy's pickles use it)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_NdarrayStandIn":
+        raise pickle.UnpicklingError("it calls numpy.ndarray directly, which a VecNormalize pickle does not")
+
+
+class _DtypeStandIn(_StandIn):
+    """``numpy.dtype(spec, align, copy)``: only a plain number type (bool, int, uint, float), and numpy's simple state."""
+
+    def __init__(self, spec: Any = None, align: Any = False, copy: Any = True):
+        dtype = np.dtype(spec) if isinstance(spec, str) and len(spec) <= 3 else None
+        if dtype is None or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+            raise pickle.UnpicklingError(f"it holds a numpy dtype {spec!r}, not a number type")
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        if not (
+            isinstance(state, tuple) and len(state) == 8 and state[1] in "<>|=" and state[2:] == (None,) * 3 + (-1, -1, 0)
+        ):
+            raise pickle.UnpicklingError(f"it holds a numpy dtype with the state {state!r} (fields, objects or flags)")
+
+
+class _ArrayStandIn(_StandIn):
+    """An array from ``_reconstruct``: its state must be a number dtype and exactly the bytes of its shape."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], _DtypeStandIn)):
+            raise pickle.UnpicklingError("it holds a numpy array that is not a plain number array")
+        _, shape, dtype, _, data = state
+        if not (isinstance(shape, tuple) and all(isinstance(size, int) and size >= 0 for size in shape)):
+            raise pickle.UnpicklingError(f"it holds a numpy array of shape {shape!r}")
+        if not isinstance(data, bytes) or len(data) != int(np.prod(shape, dtype=object)) * dtype.dtype.itemsize:
+            raise pickle.UnpicklingError(f"it holds a numpy array of shape {shape} whose data is not its {dtype.dtype} bytes")
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _ArrayStandIn:
+    if subtype is not _NdarrayStandIn or shape != (0,) or dtype != b"b":
+        raise pickle.UnpicklingError("it calls numpy's _reconstruct as numpy's own pickles do not")
+    return _ArrayStandIn()
+
+
+def _scalar(dtype: Any, data: Any = None) -> _StandIn:
+    if not isinstance(dtype, _DtypeStandIn) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
+        raise pickle.UnpicklingError("it holds a numpy scalar that is not a plain number")
+    return _StandIn()
+
+
+NUMPY_STAND_INS: dict[str, Any] = {
+    "ndarray": _NdarrayStandIn,
+    "dtype": _DtypeStandIn,
+    "_reconstruct": _reconstruct,
+    "scalar": _scalar,
+}
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals of :data:`VECNORMALIZE_GLOBALS`."""
+    """
+    An unpickler that resolves only the globals of :data:`VECNORMALIZE_GLOBALS`, and those to stand-ins (numpy's
+    arrays, dtypes and scalars checked; ``OrderedDict`` itself): it runs none of the named classes' code.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in VECNORMALIZE_GLOBALS:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which a VecNormalize pickle does not hold")
-        return super().find_class(module, name)
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if module.split(".")[0] == "numpy" and name in NUMPY_STAND_INS:
+            return NUMPY_STAND_INS[name]
+        return type(name, (_StandIn,), {"__module__": module})
 
 
 def check_vecnormalize(path: str) -> None:
     """
-    Check that a ``vecnormalize.pkl`` names only the classes SB3's ``VecNormalize`` pickle holds.
+    Check that a ``vecnormalize.pkl`` names only the classes SB3's ``VecNormalize`` pickle holds, and holds only
+    plain number arrays (:class:`RestrictedUnpickler`); at most :data:`MAX_VECNORMALIZE_BYTES` are read.
 
     :param path: the file
-    :raises ValueError: naming the first other global
+    :raises ValueError: naming the first other global or the malformed array
     """
+    size = os.path.getsize(path)
+    if size > MAX_VECNORMALIZE_BYTES:
+        raise _untrusted(path, f"has {size} bytes, more than the {MAX_VECNORMALIZE_BYTES} of a VecNormalize pickle")
     with open(path, "rb") as file:
-        try:
-            RestrictedUnpickler(file).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError, KeyError) as error:
-            raise _untrusted(path, f"is not a plain VecNormalize pickle: {error}") from error
+        content = file.read(MAX_VECNORMALIZE_BYTES + 1)
+    try:
+        RestrictedUnpickler(io.BytesIO(content)).load()
+    except Exception as error:  # any failure of the restricted unpickler means: not a plain VecNormalize pickle
+        raise _untrusted(path, f"is not a plain VecNormalize pickle: {' '.join(str(error).split())[:300]}") from error
 
 
 def _check_wrappers(hyperparams: dict[str, Any], file: str) -> None:
@@ -258,7 +359,7 @@ def untrusted_zoo_files() -> Iterator[None]:
     """
     While active, rl_zoo3's ``enjoy`` and ``record_video`` load NPG models with ``trusted=False`` on the env they
     create (and refuse other algorithms' models), and check an agent's folder with :func:`check_agent_folder`
-    before reading it.
+    before reading it; on a torch below ``SAFE_TORCH_VERSION`` they refuse the agent before reading its folder.
     """
     register()
     import rl_zoo3
@@ -272,6 +373,7 @@ def untrusted_zoo_files() -> Iterator[None]:
     original_get_saved_hyperparams: Callable[..., Any] = rl_zoo3.utils.get_saved_hyperparams
 
     def get_saved_hyperparams(stats_path: str, *args: Any, **kwargs: Any) -> Any:
+        require_safe_torch("Loading an RL Zoo agent without running its code", f"pass {TRUSTED_FLAG}")
         check_agent_folder(stats_path)
         return original_get_saved_hyperparams(stats_path, *args, **kwargs)
 

@@ -27,9 +27,18 @@ from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
 from sb3_npg import NPG
-from sb3_npg.save_load import SERIALIZED, UntrustedLoadError, is_pickled
+from sb3_npg.save_load import (
+    SAFE_TORCH_VERSION,
+    SERIALIZED,
+    UnsafeTorchError,
+    UntrustedLoadError,
+    is_pickled,
+    require_safe_torch,
+    untrusted_files_supported,
+)
 from tests.envs import ACTION_SPACES, image_space
 from tests.helpers import TINY, observations_for, toy_env
+from tests.torch_safety import SAFE_TORCH, below_safe_torch, needs_safe_torch
 
 
 def assert_same_policy(model: BaseAlgorithm, reference: BaseAlgorithm) -> None:
@@ -141,6 +150,7 @@ def saved_model(tmp_path: pathlib.Path) -> tuple[NPG, pathlib.Path]:
     return model, tmp_path / "model.zip"
 
 
+@needs_safe_torch
 def test_crafted_entries_never_run_on_the_safe_path(saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path) -> None:
     model, path = saved_model
     with zipfile.ZipFile(path) as archive:
@@ -162,6 +172,7 @@ def test_crafted_entries_never_run_on_the_safe_path(saved_model: tuple[NPG, path
     assert marker.exists()
 
 
+@needs_safe_torch
 @pytest.mark.parametrize("member", ["policy.pth", "policy.optimizer.pth", "pytorch_variables.pth"])
 def test_crafted_weights_raise_on_the_safe_path(
     saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path, member: str
@@ -178,6 +189,7 @@ def test_crafted_weights_raise_on_the_safe_path(
         assert not marker.exists()
 
 
+@needs_safe_torch
 def test_crafted_policy_class_outside_the_aliases_raises(
     saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path
 ) -> None:
@@ -195,6 +207,7 @@ def test_crafted_policy_class_outside_the_aliases_raises(
     assert not marker.exists()
 
 
+@needs_safe_torch
 def test_planted_attributes_are_dropped_on_the_safe_path(
     saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path
 ) -> None:
@@ -207,6 +220,7 @@ def test_planted_attributes_are_dropped_on_the_safe_path(
     assert_same_policy(loaded, model)
 
 
+@needs_safe_torch
 def test_trusted_is_a_keyword_not_an_attribute(saved_model: tuple[NPG, pathlib.Path]) -> None:
     model, path = saved_model
     for trusted in (True, False):
@@ -215,6 +229,7 @@ def test_trusted_is_a_keyword_not_an_attribute(saved_model: tuple[NPG, pathlib.P
         assert_same_policy(loaded, model)
 
 
+@needs_safe_torch
 def test_untrusted_load_keeps_hyperparameters_and_trains(tmp_path: pathlib.Path) -> None:
     policy_kwargs = {"net_arch": dict(pi=[8], vf=[6]), "activation_fn": nn.ELU, "optimizer_class": th.optim.AdamW}
     model = NPG(
@@ -248,6 +263,7 @@ def test_untrusted_load_keeps_hyperparameters_and_trains(tmp_path: pathlib.Path)
     assert loaded.learning_rate == 1e-4
 
 
+@needs_safe_torch
 def test_untrusted_load_needs_the_spaces(saved_model: tuple[NPG, pathlib.Path]) -> None:
     model, path = saved_model
     with pytest.raises(ValueError, match=r"needs env=.*trusted=True"):
@@ -266,6 +282,7 @@ class Swish(nn.Module):
         return x * th.sigmoid(x)
 
 
+@needs_safe_torch
 def test_untrusted_load_of_unknown_policy_kwargs(tmp_path: pathlib.Path) -> None:
     policy_kwargs = {"net_arch": [8], "activation_fn": Swish}
     model = NPG("MlpPolicy", toy_env(), **{**TINY, "policy_kwargs": policy_kwargs})
@@ -276,6 +293,7 @@ def test_untrusted_load_of_unknown_policy_kwargs(tmp_path: pathlib.Path) -> None
     assert_same_policy(loaded, model)
 
 
+@needs_safe_torch
 def test_untrusted_load_of_an_image_policy(tmp_path: pathlib.Path) -> None:
     env = toy_env(ACTION_SPACES["discrete"], observation_space=image_space())  # channel last: SB3 transposes it
     model = NPG("CnnPolicy", env, **{**TINY, "policy_kwargs": {"net_arch": [8], "share_features_extractor": False}})
@@ -283,6 +301,42 @@ def test_untrusted_load_of_an_image_policy(tmp_path: pathlib.Path) -> None:
     loaded = NPG.load(tmp_path / "model.zip", env=env, trusted=False)
     assert type(loaded.policy) is type(model.policy)
     assert_same_policy(loaded, model)
+
+
+def test_safe_torch_version_is_judged_as_a_version() -> None:
+    assert SAFE_TORCH_VERSION == "2.10"
+    for version in ("2.4.0", "2.5.1", "2.6.0+cu124", "2.9.1", "2.10.0a0"):
+        assert not untrusted_files_supported(version), version
+    for version in ("2.10.0", "2.10.0+cpu", "2.13.0", "3.0.0"):
+        assert untrusted_files_supported(version), version
+    with pytest.raises(UnsafeTorchError) as refused:
+        require_safe_torch("NPG.load(path, trusted=False)", "load it with NPG.load(path, trusted=True)", torch_version="2.4.0")
+    for part in ("torch 2.4.0 is installed", "CVE-2025-32434", "torch <= 2.5.1", "CVE-2026-24747", "torch < 2.10"):
+        assert part in str(refused.value), part
+    assert "pip install 'torch>=2.10'" in str(refused.value) and "NPG.load(path, trusted=True)" in str(refused.value)
+    require_safe_torch("NPG.load(path, trusted=False)", "...", torch_version="2.10.0")  # no error
+
+
+@below_safe_torch
+def test_untrusted_paths_refuse_below_safe_torch(saved_model: tuple[NPG, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    model, path = saved_model
+    target = NPG("MlpPolicy", toy_env(), **{**TINY, "seed": 1, "policy_kwargs": model.policy_kwargs})
+    parameters = {key: value.clone() for key, value in target.policy.state_dict().items()}
+    file_before = (path.read_bytes(), path.stat().st_mtime_ns)
+    version = rf"torch {th.__version__} is installed.*CVE-2025-32434.*CVE-2026-24747.*torch>=2.10"
+    with pytest.raises(UnsafeTorchError, match=rf"NPG.load\(path, trusted=False\) refused: {version}.*trusted=True"):
+        NPG.load(path, env=toy_env(), trusted=False)
+    with pytest.raises(UnsafeTorchError, match=rf"NPG.set_parameters\(path\) refused: {version}.*trusted=True"):
+        target.set_parameters(path)
+    with pytest.raises(UnsafeTorchError, match=version):
+        target.set_parameters(io.BytesIO(path.read_bytes()))
+    assert all(th.equal(value, parameters[key]) for key, value in target.policy.state_dict().items())
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == file_before
+    # the file is the user's own: trusted=True reads it, and dicts and models are not files
+    assert_same_policy(NPG.load(path, env=toy_env()), model)
+    target.set_parameters(path, trusted=True)
+    assert_same_policy(target, model)
+    target.set_parameters(model.get_parameters())
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -309,7 +363,7 @@ def test_warm_start_from_another_algorithm(tmp_path: pathlib.Path, algorithm: st
         model = NPG("MlpPolicy", env, n_steps=16, batch_size=16, policy_kwargs=policy_kwargs, seed=1)
         critic_optimizer = model.policy.optimizer.state_dict()
         with pytest.warns(UserWarning, match="Loaded the policy weights of .*NPG's optimiser keeps its own state"):
-            model.set_parameters(given)
+            model.set_parameters(given, trusted=not SAFE_TORCH)  # below the safe torch a file needs trusted=True
         assert_same_policy(model, source)
         assert model.policy.optimizer.state_dict() == critic_optimizer
         model.learn(32)  # the critic's optimiser steps on its own parameters
@@ -321,7 +375,7 @@ def test_set_parameters_from_npg_loads_the_optimizer(tmp_path: pathlib.Path) -> 
     model = NPG("MlpPolicy", toy_env(), **{**TINY, "seed": 1})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model.set_parameters(tmp_path / "npg.zip")
+        model.set_parameters(tmp_path / "npg.zip", trusted=not SAFE_TORCH)  # below the safe torch: trusted=True
     assert_same_policy(model, source)
     saved, loaded = source.policy.optimizer.state_dict()["state"], model.policy.optimizer.state_dict()["state"]
     assert saved.keys() == loaded.keys() and saved
@@ -366,6 +420,7 @@ def poison(agent: pathlib.Path, target: pathlib.Path, where: str, marker: pathli
         (folder / "vecnormalize.pkl").write_bytes(pickle.dumps(CreatesFile(marker)))
 
 
+@needs_safe_torch
 @pytest.mark.parametrize("where", ["model", "config.yml", "args.yml", "normalize", "vecnormalize.pkl"])
 def test_enjoy_does_not_run_a_downloaded_agents_code(
     zoo_agent: pathlib.Path, tmp_path: pathlib.Path, where: str, capsys: pytest.CaptureFixture[str]
@@ -389,6 +444,7 @@ def test_enjoy_does_not_run_a_downloaded_agents_code(
     assert marker.exists()
 
 
+@needs_safe_torch
 def test_enjoy_checks_the_wrappers(
     zoo_agent: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -409,6 +465,7 @@ def test_enjoy_checks_the_wrappers(
     assert "antigravity" not in sys.modules
 
 
+@needs_safe_torch
 def test_enjoy_refuses_other_algorithms_models_unless_trusted(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -421,3 +478,25 @@ def test_enjoy_refuses_other_algorithms_models_unless_trusted(
     assert enjoy.main(argv) == 2
     assert "only npg and npg_lstm models are loaded without running their code" in capsys.readouterr().err
     assert enjoy.main([*argv, "--trusted"]) == 0
+
+
+@below_safe_torch
+def test_enjoy_refuses_below_safe_torch(
+    zoo_agent: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_npg import enjoy
+
+    marker = tmp_path / "ran"
+    poison(zoo_agent, tmp_path / "agent", "vecnormalize.pkl", marker)
+    before = {file: (file.read_bytes(), file.stat().st_mtime_ns) for file in (tmp_path / "agent").rglob("*") if file.is_file()}
+    argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
+    assert enjoy.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"torch {th.__version__} is installed" in err and "CVE-2026-24747" in err and "pass --trusted" in err, err
+    assert not marker.exists()
+    after = {file: (file.read_bytes(), file.stat().st_mtime_ns) for file in (tmp_path / "agent").rglob("*") if file.is_file()}
+    assert after == before
+    assert (
+        enjoy.main(["--env", "CartPole-v1", "-f", str(zoo_agent), "--exp-id", "1", "--no-render", "-n", "50", "--trusted"])
+        == 0
+    )
