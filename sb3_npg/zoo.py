@@ -212,12 +212,6 @@ def check_hyperparameters(hyperparams: dict[str, Any], where: str = "hyperparame
             valid, allowed_values = _RANGES[key]
             if not valid(value):
                 raise ZooConfigError(f"{where}: invalid {key}={value!r}, must be {allowed_values}")
-    if _is_int(hyperparams.get("batch_size")) and _is_int(hyperparams.get("n_steps")):
-        rollout = hyperparams["n_steps"] * hyperparams.get("n_envs", 1)
-        if hyperparams["batch_size"] > rollout:
-            raise ZooConfigError(
-                f"{where}: invalid batch_size={hyperparams['batch_size']}, must be <= n_steps * n_envs = {rollout}"
-            )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -320,7 +314,7 @@ def convert_npg_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
         if f"{name}_pow" in params:
             hyperparams[name] = 2 ** params.pop(f"{name}_pow")
     if "n_steps" in hyperparams and "batch_size" in hyperparams:
-        # The critic's minibatch cannot exceed the rollout (n_steps * n_envs >= n_steps)
+        # A minibatch above the rollout (n_steps * n_envs >= n_steps) is the whole rollout: sampled as at most n_steps
         hyperparams["batch_size"] = min(hyperparams["batch_size"], hyperparams["n_steps"])
     policy_kwargs: dict[str, Any] = {}
     if "net_arch" in params:

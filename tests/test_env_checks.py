@@ -22,7 +22,9 @@ VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 def make_env(vec_env_cls: type[VecEnv], env_id: str = "CartPole-v1", **env_kwargs) -> VecEnv:
     # fork: the workers start in milliseconds (they import nothing; torch is not used in them)
     vec_env_kwargs = {"start_method": "fork"} if vec_env_cls is SubprocVecEnv else None
-    return make_vec_env(env_id, n_envs=2, seed=0, vec_env_cls=vec_env_cls, vec_env_kwargs=vec_env_kwargs, env_kwargs=env_kwargs)
+    return make_vec_env(
+        env_id, n_envs=2, seed=0, vec_env_cls=vec_env_cls, vec_env_kwargs=vec_env_kwargs, env_kwargs=env_kwargs
+    )
 
 
 @pytest.fixture(params=list(VEC_ENV_CLASSES))
