@@ -230,7 +230,11 @@ class NPG(OnPolicyAlgorithm):
     def _check_hyperparameters(self) -> None:
         """Raise ``ValueError`` naming the first argument outside its allowed range."""
         checks = [
-            ("target_kl", self.target_kl > 0, "must be > 0"),
+            (
+                "target_kl",
+                isinstance(self.target_kl, int | float) and self.target_kl > 0,
+                "must be a number > 0 (it is NPG's step length, the KL every update moves the policy by, not an early stop)",
+            ),
             ("cg_max_steps", self.cg_max_steps >= 1, "must be >= 1"),
             ("cg_damping", self.cg_damping >= 0, "must be >= 0"),
             ("n_critic_updates", self.n_critic_updates >= 1, "must be >= 1"),

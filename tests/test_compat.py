@@ -206,6 +206,15 @@ def test_running_statistics_change_only_in_the_documented_passes(step_options: d
     )
 
 
+def test_shared_extractor_statistics_are_updated_by_the_actor_pass_and_the_critic_features() -> None:
+    model = collected(NPG("MlpPolicy", make_env("npg"), n_steps=N_STEPS, seed=0, policy_kwargs=normalized_policy_kwargs(True)))
+    norm = model.policy.features_extractor.batch_norm
+    assert isinstance(norm, nn.BatchNorm1d)
+    tracked = int(norm.num_batches_tracked)
+    model.train()
+    assert int(norm.num_batches_tracked) == tracked + 2
+
+
 def test_actor_step_is_deterministic_and_measures_the_kl_of_the_acting_policy() -> None:
     """With Dropout in the actor, the step (its g, F and KL) does not depend on the random generator."""
     kwargs = {"policy_kwargs": normalized_policy_kwargs(share=False, batch_norm=False), "n_steps": N_STEPS, "seed": 0}
@@ -451,3 +460,13 @@ def test_maskable_masks_from_the_env_in_predict() -> None:
         actions, _ = model.predict(observations, action_masks=masks)
         assert masks[0, actions[0]]
         observations, _, _, _ = env.step(actions)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ppo_only_arguments_are_refused_by_name(kind: str) -> None:
+    """PPO's target_kl=None (no early stop) is a ValueError naming target_kl; PPO-only arguments a TypeError."""
+    with pytest.raises(ValueError, match=r"target_kl=None: must be a number > 0 \(it is NPG's step length"):
+        make_model(kind, target_kl=None)
+    for name, value in (("clip_range", 0.2), ("ent_coef", 0.01), ("n_epochs", 10), ("vf_coef", 0.5), ("max_grad_norm", 0.5)):
+        with pytest.raises(TypeError, match=name):
+            make_model(kind, **{name: value})
