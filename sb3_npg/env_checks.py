@@ -61,7 +61,11 @@ class FiniteCheck(VecEnv):
     Checks the observations (after ``reset`` and ``step``), the rewards, the ``terminal_observation`` of finished
     episodes (SB3 bootstraps truncated ones from it) and the actions, with the test of SB3's ``VecCheckNan``
     (``np.isnan``, ``np.isinf``); integer and boolean arrays cannot hold NaN and are skipped. Everything else is
-    passed to ``venv``.
+    passed to ``venv``, as a ``VecEnvWrapper`` passes it: every ``VecEnv`` method (``has_attr``, ``get_attr``,
+    ``set_attr``, ``env_method``, ``env_is_wrapped``, ``seed``, ``set_options``, ``render``, ``get_images``,
+    ``close``), ``unwrapped``, and the attributes ``venv`` has (``envs``, ``remotes``, ...) behave exactly as on ``venv``.
+    ``has_attr`` in particular must reach ``venv``'s own: ``VecEnv``'s default calls ``get_attr``, and an attribute
+    missing in a ``SubprocVecEnv`` worker kills the worker (sb3-contrib's masking check asks ``has_attr``).
 
     It is not a ``VecEnvWrapper`` (nor a ``VecCheckNan``, which is one) on purpose: SB3's
     ``sync_envs_normalization`` (``EvalCallback`` with ``VecNormalize``) walks the wrappers of the training and
@@ -72,8 +76,9 @@ class FiniteCheck(VecEnv):
     """
 
     def __init__(self, venv: VecEnv) -> None:
+        # No VecEnv.__init__: the check keeps no copy of venv's state (num_envs, spaces, render_mode, metadata,
+        # reset_infos, the seeds and options of the next reset), it reads venv's own through __getattr__
         self.venv = venv
-        super().__init__(venv.num_envs, venv.observation_space, venv.action_space)
 
     def step_async(self, actions: np.ndarray) -> None:
         self._check("action", actions, during="step")
@@ -90,7 +95,6 @@ class FiniteCheck(VecEnv):
 
     def reset(self) -> VecEnvObs:
         observations = self.venv.reset()
-        self.reset_infos = self.venv.reset_infos
         self._check("observation", observations, during="reset")
         return observations
 
@@ -130,6 +134,9 @@ class FiniteCheck(VecEnv):
     def get_images(self) -> Sequence[np.ndarray | None]:
         return self.venv.get_images()
 
+    def has_attr(self, attr_name: str) -> bool:
+        return self.venv.has_attr(attr_name)
+
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         return self.venv.get_attr(attr_name, indices)
 
@@ -144,8 +151,13 @@ class FiniteCheck(VecEnv):
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         return self.venv.env_is_wrapped(wrapper_class, indices=indices)
 
+    @property
+    def unwrapped(self) -> VecEnv:
+        """The base ``VecEnv``, as for a ``VecEnvWrapper`` (``VecEnv.unwrapped`` would give this check)."""
+        return self.venv.unwrapped
+
     def __getattr__(self, name: str) -> Any:
-        """Attributes of the checked environment (``envs`` of a ``DummyVecEnv``, ...)."""
+        """Attributes of the checked environment (``num_envs``, ``metadata``, ``envs`` of a ``DummyVecEnv``, ...)."""
         if name == "venv":  # not set yet (e.g. while unpickling)
             raise AttributeError(name)
         return getattr(self.venv, name)

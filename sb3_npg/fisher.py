@@ -27,10 +27,11 @@ Along the solved direction, :func:`search_step_scale` finds the step scale at wh
 ``target_kl`` (``step_length="exact"``), one forward pass per KL evaluation.
 """
 
+import contextlib
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch as th
@@ -100,6 +101,35 @@ def action_distribution(policy: BasePolicy, observations: PyTorchObs, action_mas
     if action_masks is None:
         return policy.get_distribution(observations)  # type: ignore[operator]
     return policy.get_distribution(observations, action_masks=action_masks)  # type: ignore[operator]
+
+
+@contextlib.contextmanager
+def distribution_not_kept(policy: ActorCriticPolicy) -> Iterator[None]:
+    """
+    Inside, ``policy.action_dist`` (the object SB3's ``get_distribution`` fills in place and returns) is a shallow
+    copy of the policy's own, which is put back on exit: the distributions of the forward passes made inside, and
+    their autograd graphs, are not kept by the policy (a policy holding a graph cannot be deep-copied).
+    A policy without ``action_dist`` is left as it is.
+
+    :param policy: the policy whose forward passes are made inside
+    """
+    kept = getattr(policy, "action_dist", None)
+    if not isinstance(kept, Distribution):
+        yield
+        return
+    policy.action_dist = copy.copy(kept)
+    try:
+        yield
+    finally:
+        policy.action_dist = kept
+
+
+def has_running_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` has a layer with running statistics (``BatchNorm*``, ``InstanceNorm*`` that tracks them)."""
+    return any(
+        getattr(layer, "track_running_stats", False) and getattr(layer, "running_mean", None) is not None
+        for layer in module.modules()
+    )
 
 
 def mean_summed_kl(old_distribution: Distribution, new_distribution: Distribution) -> th.Tensor:

@@ -34,7 +34,9 @@ from sb3_npg.fisher import (
     FISHER_BACKENDS,
     action_distribution,
     add_to_parameters_,
+    distribution_not_kept,
     distribution_outputs,
+    has_running_statistics,
     make_fisher,
     mean_summed_kl,
     policy_gradient,
@@ -99,7 +101,8 @@ class NPG(OnPolicyAlgorithm):
         length is set by ``target_kl``.
     :param n_steps: The number of steps to run for each environment per update
         (i.e. rollout buffer size is n_steps * n_envs where n_envs is number of environment copies running in parallel)
-    :param batch_size: Minibatch size for the critic's regression
+    :param batch_size: Minibatch size for the critic's regression (above the rollout size ``n_steps * n_envs``,
+        the whole rollout is one minibatch)
     :param gamma: Discount factor
     :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
     :param cg_max_steps: Maximum number of conjugate-gradient steps (Fisher-vector products) per update
@@ -231,7 +234,11 @@ class NPG(OnPolicyAlgorithm):
     def _check_hyperparameters(self) -> None:
         """Raise ``ValueError`` naming the first argument outside its allowed range."""
         checks = [
-            ("target_kl", self.target_kl > 0, "must be > 0"),
+            (
+                "target_kl",
+                isinstance(self.target_kl, int | float) and self.target_kl > 0,
+                "must be a number > 0 (it is NPG's step length, the KL every update moves the policy by, not an early stop)",
+            ),
             ("cg_max_steps", self.cg_max_steps >= 1, "must be >= 1"),
             ("cg_damping", self.cg_damping >= 0, "must be >= 0"),
             ("n_critic_updates", self.n_critic_updates >= 1, "must be >= 1"),
@@ -243,20 +250,38 @@ class NPG(OnPolicyAlgorithm):
             ("fisher", self.fisher in FISHER_BACKENDS, f"must be one of {', '.join(map(repr, FISHER_BACKENDS))}"),
             ("step_length", self.step_length in STEP_LENGTHS, f"must be one of {', '.join(map(repr, STEP_LENGTHS))}"),
         ]
-        if self.env is not None:
+        if self.env is not None and self.normalize_advantage:
             buffer_size = self.n_steps * self.env.num_envs
-            checks.append(
-                (
-                    "batch_size",
-                    self.batch_size <= buffer_size,
-                    f"must be <= n_steps * n_envs = {buffer_size} (the rollout size)",
-                )
-            )
-            if self.normalize_advantage:
-                checks.append(("n_steps", buffer_size > 1, "n_steps * n_envs must be > 1 to normalize the advantages"))
+            checks.append(("n_steps", buffer_size > 1, "n_steps * n_envs must be > 1 to normalize the advantages"))
         for name, valid, allowed in checks:
             if not valid:
                 raise ValueError(f"Invalid {name}={getattr(self, name)!r}: {allowed}")
+        if self.env is not None:
+            self._warn_truncated_minibatch(self.n_steps * self.env.num_envs)
+
+    def _warn_truncated_minibatch(self, buffer_size: int) -> None:
+        """
+        Warn, as SB3's PPO and sb3-contrib's TRPO do, when the rollout is not a multiple of ``batch_size``: the last
+        critic minibatch of every epoch is then smaller. A ``batch_size`` above the rollout size is allowed (as in
+        PPO, A2C and TRPO): the critic's minibatch is then the whole rollout.
+        """
+        if buffer_size % self.batch_size == 0:
+            return
+        if self.batch_size > buffer_size:
+            consequence = f"the critic's minibatch is the whole rollout ({buffer_size} samples)"
+        else:
+            consequence = (
+                f"after every {buffer_size // self.batch_size} untruncated mini-batches, "
+                f"there will be a truncated mini-batch of size {buffer_size % self.batch_size}"
+            )
+        warnings.warn(
+            f"You have specified a mini-batch size of {self.batch_size}, but because the rollout buffer is of size "
+            f"`n_steps * n_envs = {buffer_size}`, {consequence}.\n"
+            "We recommend using a `batch_size` that is a factor of `n_steps * n_envs`.\n"
+            f"Info: (n_steps={self.n_steps} and n_envs={buffer_size // self.n_steps})",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -290,11 +315,19 @@ class NPG(OnPolicyAlgorithm):
         Split the policy's parameters into actor (those the action distribution depends on) and critic (the rest).
 
         Found by differentiating the distribution on a sample observation, so it holds for custom
-        policies too, whatever their parameter names.
+        policies too, whatever their parameter names. The policy runs in evaluation mode there (a ``BatchNorm``
+        takes its running statistics, not one sample's, and keeps them; ``Dropout`` draws nothing) and does not keep
+        the distribution of that pass (its autograd graph would make the policy impossible to deep-copy).
         """
         parameters = list(self.policy.parameters())
-        outputs = distribution_outputs(self._sample_distribution())
-        gradients = th.autograd.grad([output.sum() for output in outputs], parameters, allow_unused=True)
+        training = self.policy.training
+        self.policy.set_training_mode(False)
+        try:
+            with distribution_not_kept(self.policy):
+                outputs = distribution_outputs(self._sample_distribution())
+                gradients = th.autograd.grad([output.sum() for output in outputs], parameters, allow_unused=True)
+        finally:
+            self.policy.set_training_mode(training)
         actor = [p for p, grad in zip(parameters, gradients, strict=True) if grad is not None]
         critic = [p for p, grad in zip(parameters, gradients, strict=True) if grad is None]
         return actor, critic
@@ -360,6 +393,11 @@ class NPG(OnPolicyAlgorithm):
         """
         The natural-gradient step on the actor parameters, with its logs.
 
+        The step itself runs in evaluation mode (see :meth:`_natural_gradient_step`). Then, in training mode, a policy
+        with running statistics (``BatchNorm``) makes one forward pass of its actor over the batch, without gradients,
+        which updates the statistics of the actor's layers once per update. The policy is left in training mode, for
+        the critic's regression (as SB3's ``train()``), and does not keep the step's distributions.
+
         :param action_masks: the masks of the samples (maskable policies): the gradient, every Fisher product and
             the KL after the step use the distribution they mask, the same for the old and the new policy
         :param batch_policy: what gives the action distribution of the batch through
@@ -367,6 +405,31 @@ class NPG(OnPolicyAlgorithm):
             every Fisher product and the KL after the step (default: the policy; see RecurrentNPG for sequences)
         """
         policy = self.policy if batch_policy is None else batch_policy
+        with distribution_not_kept(self.policy):
+            self.policy.set_training_mode(False)
+            try:
+                self._natural_gradient_step(observations, actions, advantages, action_masks, policy)
+            finally:
+                self.policy.set_training_mode(True)
+            if has_running_statistics(self.policy):
+                with th.no_grad():  # train mode: updates the running statistics of the actor's layers, once
+                    action_distribution(policy, observations, action_masks)
+
+    def _natural_gradient_step(
+        self,
+        observations: PyTorchObs,
+        actions: th.Tensor,
+        advantages: th.Tensor,
+        action_masks: th.Tensor | None,
+        policy: Any,
+    ) -> None:
+        """
+        :meth:`_policy_step`'s natural-gradient step, the policy in evaluation mode: the gradient, every Fisher
+        product and the KL after the step are those of the deterministic function that collected the rollout and acts
+        in ``predict`` (``Dropout`` off, ``BatchNorm`` on its running statistics, which these passes do not change).
+
+        :param policy: what gives the batch's distribution (see :meth:`_policy_step`)
+        """
         if advantages.numel() > 1:  # their scale before normalisation, which the normalised step does not see
             self.logger.record("train/advantage_std", advantages.std().item())
         if self.normalize_advantage:

@@ -132,8 +132,7 @@ def trpo_to_npg_kwargs(trpo_kwargs: dict[str, Any], action_space: spaces.Space) 
     Every update argument is in the result, with TRPO's default (read from the installed TRPO's signature) where
     ``trpo_kwargs`` does not give it, so the result does not depend on NPG's defaults. ``sub_sampling_factor > 1``
     is carried over but does not give the same step: TRPO sub-samples the gradient and the line search too, NPG the
-    Fisher products only. A ``batch_size`` above ``n_steps * n_envs``, which TRPO's critic takes as one minibatch
-    of the whole rollout, is refused by NPG: the rollout size is the same regression.
+    Fisher products only.
 
     :param trpo_kwargs: keyword arguments of ``sb3_contrib.TRPO`` (not modified)
     :param action_space: the environment's action space (it gives ``d``)

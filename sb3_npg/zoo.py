@@ -219,12 +219,6 @@ def check_hyperparameters(hyperparams: dict[str, Any], where: str = "hyperparame
             valid, allowed_values = _RANGES[key]
             if not valid(value):
                 raise ZooConfigError(f"{where}: invalid {key}={value!r}, must be {allowed_values}")
-    if _is_int(hyperparams.get("batch_size")) and _is_int(hyperparams.get("n_steps")):
-        rollout = hyperparams["n_steps"] * hyperparams.get("n_envs", 1)
-        if hyperparams["batch_size"] > rollout:
-            raise ZooConfigError(
-                f"{where}: invalid batch_size={hyperparams['batch_size']}, must be <= n_steps * n_envs = {rollout}"
-            )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -327,7 +321,7 @@ def convert_npg_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
         if f"{name}_pow" in params:
             hyperparams[name] = 2 ** params.pop(f"{name}_pow")
     if "n_steps" in hyperparams and "batch_size" in hyperparams:
-        # The critic's minibatch cannot exceed the rollout (n_steps * n_envs >= n_steps)
+        # A minibatch above the rollout (n_steps * n_envs >= n_steps) is the whole rollout: sampled as at most n_steps
         hyperparams["batch_size"] = min(hyperparams["batch_size"], hyperparams["n_steps"])
     policy_kwargs: dict[str, Any] = {}
     if "net_arch" in params:
@@ -396,9 +390,7 @@ def npg_entry_from_trpo(entry: dict[str, Any], action_space: Any) -> dict[str, A
     An RL Zoo entry for TRPO -> the entry for NPG that takes TRPO's step (:func:`sb3_npg.trpo_to_npg_kwargs`).
 
     The keys RL Zoo consumes itself (``n_timesteps``, ``n_envs``, ``normalize``, ``env_wrapper``, ``frame_stack``,
-    ...) and ``policy``, ``policy_kwargs`` are kept as they are; TRPO's arguments are converted. A ``batch_size``
-    larger than the rollout (``n_steps * n_envs``), which TRPO takes as one minibatch of the whole rollout and NPG
-    refuses, becomes the rollout size: the same critic regression.
+    ...) and ``policy``, ``policy_kwargs`` are kept as they are; TRPO's arguments are converted.
 
     :param entry: the TRPO entry, as read from the YAML file
     :param action_space: the environment's action space
@@ -407,11 +399,7 @@ def npg_entry_from_trpo(entry: dict[str, Any], action_space: Any) -> dict[str, A
     """
     zoo_settings = {key: value for key, value in entry.items() if key in ZOO_KEYS}
     algorithm_settings = {key: value for key, value in entry.items() if key not in ZOO_KEYS}
-    npg_entry = {**zoo_settings, **trpo_to_npg_kwargs(algorithm_settings, action_space)}
-    rollout = npg_entry["n_steps"] * zoo_settings.get("n_envs", 1)
-    if _is_int(rollout):  # TRPO's critic takes the whole rollout as one minibatch when batch_size exceeds it
-        npg_entry["batch_size"] = min(npg_entry["batch_size"], rollout)
-    return npg_entry
+    return {**zoo_settings, **trpo_to_npg_kwargs(algorithm_settings, action_space)}
 
 
 _FROM_TRPO: contextvars.ContextVar[bool] = contextvars.ContextVar("sb3_npg_from_trpo", default=False)

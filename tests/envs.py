@@ -51,3 +51,45 @@ ACTION_SPACES = {
     "multidiscrete": spaces.MultiDiscrete([3, 2, 4]),
     "multibinary": spaces.MultiBinary(3),
 }
+
+
+def part_sizes(action_space: spaces.Space) -> list[int]:
+    """The sizes of the categorical parts of the mask (``MultiBinary``: two outcomes per dimension)."""
+    if isinstance(action_space, spaces.Discrete):
+        return [int(action_space.n)]
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return [int(n) for n in action_space.nvec]
+    return [2] * int(action_space.n)
+
+
+def random_mask(action_space: spaces.Space, generator: np.random.Generator, single: bool = False) -> np.ndarray:
+    """A mask with at least one valid action per part; with ``single`` exactly one per part."""
+    parts = []
+    for size in part_sizes(action_space):
+        part = np.zeros(size, dtype=bool) if single else generator.random(size) < 0.5
+        part[generator.integers(size)] = True
+        parts.append(part)
+    return np.concatenate(parts)
+
+
+class MaskedToyEnv(ToyEnv):
+    """:class:`~tests.envs.ToyEnv` with random masks (a third of the states with a single valid action per part);
+    an invalid action raises."""
+
+    def __init__(self, action_space: spaces.Space, observation_space: spaces.Space | None = None, episode_length: int = 16):
+        super().__init__(action_space, observation_space, episode_length=episode_length)
+        self._mask = np.ones(sum(part_sizes(action_space)), dtype=bool)
+
+    def _observation(self):
+        self._mask = random_mask(self.action_space, self.np_random, single=self.np_random.random() < 1 / 3)
+        return super()._observation()
+
+    def action_masks(self) -> np.ndarray:
+        return self._mask
+
+    def step(self, action):
+        offsets = np.cumsum([0, *part_sizes(self.action_space)])[:-1]
+        chosen = offsets + np.atleast_1d(np.asarray(action, dtype=np.int64))
+        if not self._mask[chosen].all():
+            raise AssertionError(f"invalid action {action} for mask {self._mask.astype(int)}")
+        return super().step(action)

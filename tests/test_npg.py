@@ -214,7 +214,6 @@ def test_load_corrupt_files(tmp_path: pathlib.Path) -> None:
         ("cg_damping", -1e-3),
         ("n_critic_updates", 0),
         ("batch_size", 0),
-        ("batch_size", 33),  # n_steps * n_envs = 16 * 2
         ("sub_sampling_factor", 0),
         ("fisher", "natural"),
         ("step_length", "line_search"),

@@ -288,7 +288,7 @@ def test_unknown_env_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         ({"cg_max_steps": 2.5}, ["cg_max_steps=2.5"]),
         ({"fisher": "exact"}, ["fisher='exact'"]),
         ({"step_length": "line_search"}, ["step_length='line_search'"]),
-        ({"batch_size": 4096}, ["batch_size=4096", "n_steps * n_envs = 1024"]),
+        ({"batch_size": 0}, ["batch_size=0"]),
         ({"policy_kwargs": "dict(net_arch=[8], bogus=1)"}, ["bogus"]),
     ],
 )

@@ -102,7 +102,7 @@ def test_hyperparams_overrides_apply_to_the_converted_values(tmp_path: Path) -> 
 def test_a_trpo_file_given_with_conf_file_is_converted(tmp_path: Path) -> None:
     """
     --conf-file names the user's own TRPO file: its line-search settings are dropped, the rest converted; TRPO's
-    default batch_size 128 (above the rollout of 64: one minibatch of the whole rollout) becomes 64.
+    default batch_size 128 (above the rollout of 64: one minibatch of the whole rollout) is kept, as NPG takes it.
     """
     conf = tmp_path / "my_trpo.yml"
     entry = {
@@ -120,8 +120,7 @@ def test_a_trpo_file_given_with_conf_file_is_converted(tmp_path: Path) -> None:
     config = saved_config(tmp_path / "npg" / "Pendulum-v1_1", "Pendulum-v1")
     assert config["target_kl"] == 0.02  # d = 1
     assert "line_search_max_iter" not in config
-    assert config["batch_size"] == 64
-    assert "batch_size: 128 (TRPO's default) -> 64" in out
+    assert config["batch_size"] == 128
     assert "dropped (NPG has no line search): line_search_max_iter=5" in out
 
 
