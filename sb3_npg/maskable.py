@@ -67,6 +67,8 @@ class MaskableNPG(NPG):
     :param verbose: the verbosity level: 0 no output, 1 info, 2 debug
     :param seed: Seed for the pseudo random generators
     :param device: Device (cpu, cuda, ...) on which the code should be run.
+    :param num_threads: The number of torch intra-op threads ``learn()`` runs with, the caller's setting restored
+        afterwards; ``None`` (default): 1 (see :class:`~sb3_npg.npg.NPG`)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -108,6 +110,7 @@ class MaskableNPG(NPG):
         verbose: int = 0,
         seed: int | None = None,
         device: th.device | str = "auto",
+        num_threads: int | None = None,
         _init_setup_model: bool = True,
     ):
         # Set by learn(use_masking=...) for the rollouts of that call
@@ -137,6 +140,7 @@ class MaskableNPG(NPG):
             verbose=verbose,
             seed=seed,
             device=device,
+            num_threads=num_threads,
             _init_setup_model=_init_setup_model,
         )
 

@@ -7,11 +7,12 @@ search on the surrogate; with ``step_length="exact"`` the scale along ``x`` is s
 is ``target_kl``), the KL measured after the step, then the critic's regression on the returns.
 """
 
+import contextlib
 import copy
 import io
 import pathlib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -68,6 +69,35 @@ STEP_LENGTHS = ("quadratic", "exact")
 #: ``step_length="exact"``: the relative tolerance on the measured KL, and the budget of KL evaluations per update
 EXACT_KL_TOLERANCE = 0.05
 EXACT_MAX_KL_EVALUATIONS = 6
+#: torch's intra-op thread count in ``learn()`` when ``num_threads`` is ``None``: NPG's tensors are small, and with
+#: more threads each operation waits for every thread (measured in docs/performance.md, "Threads")
+DEFAULT_NUM_THREADS = 1
+
+
+NUM_THREADS_ALLOWED = f"must be None (default: {DEFAULT_NUM_THREADS} thread) or an int >= 1"
+
+
+def valid_num_threads(num_threads: Any) -> bool:
+    """Whether ``num_threads`` is a valid ``num_threads`` argument: ``None`` or an int >= 1 (not a bool)."""
+    return num_threads is None or (isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1)
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int) -> Iterator[None]:
+    """
+    Run the block with ``num_threads`` torch intra-op threads, then give the caller's count back (also on an error).
+
+    :param num_threads: the thread count inside the block (``torch.set_num_threads``)
+    """
+    previous = th.get_num_threads()
+    if num_threads == previous:
+        yield
+        return
+    th.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        th.set_num_threads(previous)
 
 
 def _with_progress_bar(callback: MaybeCallback, progress: ProgressBarCallback | None) -> MaybeCallback:
@@ -142,6 +172,11 @@ class NPG(OnPolicyAlgorithm):
     :param seed: Seed for the pseudo random generators
     :param device: Device (cpu, cuda, ...) on which the code should be run.
         Setting it to auto, the code will be run on the GPU if possible.
+    :param num_threads: The number of torch intra-op threads ``learn()`` runs with (rollouts, updates and the
+        callbacks called during them); the caller's ``torch.get_num_threads()`` is restored when ``learn()``
+        returns or raises. ``None`` (default): 1, the fastest for SB3-sized networks on an idle machine and much
+        faster when other processes share the cores. Set it (e.g. to the number of cores) for large networks
+        (``CnnPolicy``) on an otherwise idle machine. ``predict()`` runs with the caller's setting.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -187,6 +222,7 @@ class NPG(OnPolicyAlgorithm):
         verbose: int = 0,
         seed: int | None = None,
         device: th.device | str = "auto",
+        num_threads: int | None = None,
         _init_setup_model: bool = True,
     ):
         super().__init__(
@@ -222,6 +258,7 @@ class NPG(OnPolicyAlgorithm):
         self.fisher = fisher
         self.damped_step_size = damped_step_size
         self.step_length = step_length
+        self.num_threads = num_threads
         self.skipped_updates = 0
         self.kl_search_failures = 0
         if self.env is not None:
@@ -249,6 +286,7 @@ class NPG(OnPolicyAlgorithm):
             ("gae_lambda", 0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
             ("fisher", self.fisher in FISHER_BACKENDS, f"must be one of {', '.join(map(repr, FISHER_BACKENDS))}"),
             ("step_length", self.step_length in STEP_LENGTHS, f"must be one of {', '.join(map(repr, STEP_LENGTHS))}"),
+            ("num_threads", valid_num_threads(self.num_threads), NUM_THREADS_ALLOWED),
         ]
         if self.env is not None and self.normalize_advantage:
             buffer_size = self.n_steps * self.env.num_envs
@@ -545,6 +583,11 @@ class NPG(OnPolicyAlgorithm):
         """
         return fit_critic(self.policy, observations, returns, self.n_critic_updates, self.batch_size)
 
+    @property
+    def learn_threads(self) -> int:
+        """The torch intra-op thread count ``learn()`` runs with: ``num_threads``, or 1 when it is ``None``."""
+        return DEFAULT_NUM_THREADS if self.num_threads is None else self.num_threads
+
     def learn(
         self: SelfNPG,
         total_timesteps: int,
@@ -557,21 +600,24 @@ class NPG(OnPolicyAlgorithm):
         """
         Train; see SB3's ``OnPolicyAlgorithm.learn``.
 
-        An error raised by the environment reaches the caller unchanged and leaves the model ready for another
-        ``learn`` (after ``set_env`` with a working environment); the progress bar is closed. A NaN or inf from
-        the environment raises :class:`~sb3_npg.env_checks.NonFiniteError` naming the quantity and the timestep.
+        It runs with :attr:`learn_threads` torch threads and gives the caller's ``torch.get_num_threads()`` back
+        when it returns or raises. An error raised by the environment reaches the caller unchanged and leaves the
+        model ready for another ``learn`` (after ``set_env`` with a working environment); the progress bar is
+        closed. A NaN or inf from the environment raises :class:`~sb3_npg.env_checks.NonFiniteError` naming the
+        quantity and the timestep.
         """
         # The progress bar is created here, not by SB3, so that it can be closed when training fails
         progress = ProgressBarCallback() if progress_bar else None
         try:
-            return super().learn(
-                total_timesteps=total_timesteps,
-                callback=_with_progress_bar(callback, progress),
-                log_interval=log_interval,
-                tb_log_name=tb_log_name,
-                reset_num_timesteps=reset_num_timesteps,
-                progress_bar=False,
-            )
+            with torch_threads(self.learn_threads):
+                return super().learn(
+                    total_timesteps=total_timesteps,
+                    callback=_with_progress_bar(callback, progress),
+                    log_interval=log_interval,
+                    tb_log_name=tb_log_name,
+                    reset_num_timesteps=reset_num_timesteps,
+                    progress_bar=False,
+                )
         except BaseException as error:
             if isinstance(error, NonFiniteError):
                 # num_timesteps counts the steps before the one that failed
@@ -632,6 +678,8 @@ class NPG(OnPolicyAlgorithm):
         compression ratio) is refused before anything is decompressed; tensors that do not fit the policy raise
         ``ValueError`` naming the parameter.
         """
+        if not valid_num_threads(kwargs.get("num_threads")):
+            raise ValueError(f"Invalid num_threads={kwargs['num_threads']!r}: {NUM_THREADS_ALLOWED}")
         if not trusted:
             require_safe_torch(f"{cls.__name__}.load(path, trusted=False)", trust_hint(cls.__name__))
         save_file = read_save_file(path)

@@ -134,6 +134,8 @@ class RecurrentNPG(NPG):
     :param verbose: the verbosity level: 0 no output, 1 info, 2 debug
     :param seed: Seed for the pseudo random generators
     :param device: Device (cpu, cuda, ...) on which the code should be run.
+    :param num_threads: The number of torch intra-op threads ``learn()`` runs with, the caller's setting restored
+        afterwards; ``None`` (default): 1 (see :class:`~sb3_npg.npg.NPG`)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -173,6 +175,7 @@ class RecurrentNPG(NPG):
         verbose: int = 0,
         seed: int | None = None,
         device: th.device | str = "auto",
+        num_threads: int | None = None,
         _init_setup_model: bool = True,
     ):
         if sub_sampling_factor != 1:
@@ -205,6 +208,7 @@ class RecurrentNPG(NPG):
             verbose=verbose,
             seed=seed,
             device=device,
+            num_threads=num_threads,
             _init_setup_model=_init_setup_model,
         )
 

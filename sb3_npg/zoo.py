@@ -19,6 +19,8 @@ It also wraps six methods of ``rl_zoo3.exp_manager.ExperimentManager``, active f
   within :func:`reading_trpo_hyperparameters` (``python -m sb3_npg.train --trpo-hyperparams``) the file is read as
   TRPO's and the env's entry (:func:`zoo_entry`: a ``-v5`` env falls back to the ``-v4`` entry) converted by
   :func:`npg_entry_from_trpo` first, so that NPG takes TRPO's step;
+  ``--num-threads N`` (N > 0) becomes the model's ``num_threads``, so that ``learn()`` runs with the N threads
+  rl_zoo3 sets (without it, NPG's own default of 1 thread applies);
 - ``setup_experiment``: if it fails, the run folder it created is removed (nothing half-written is left);
 - ``objective``: the sampled ``normalize`` flag (``VecNormalize`` or not) is applied to the trial's envs,
   which the Zoo's samplers cannot do themselves (they only return model arguments);
@@ -179,6 +181,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "use_sde": (lambda v: isinstance(v, bool), "true or false"),
     "sde_sample_freq": (lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
     "stats_window_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "num_threads": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null: 1 thread)"),
     "fisher": (lambda v: v in FISHER_BACKENDS, f"one of {', '.join(map(repr, FISHER_BACKENDS))}"),
     "step_length": (lambda v: v in STEP_LENGTHS, f"one of {', '.join(map(repr, STEP_LENGTHS))}"),
     "normalize": (lambda v: isinstance(v, bool | dict | str), "true, false, a dict or a 'dict(...)' string"),
@@ -501,6 +504,11 @@ def _wrap_read_hyperparameters(original: Callable) -> Callable:
         from_trpo = _FROM_TRPO.get() and self.algo == ALGO_NAME
         hyperparams, saved_hyperparams = _read_trpo_entry(self, original) if from_trpo else original(self)
         if self.algo in ALGORITHMS:
+            # rl_zoo3's train sets torch.set_num_threads(--num-threads) when it is > 0; NPG's learn() would run
+            # with its own default instead, so the option is passed on as the model's num_threads
+            command_line_threads = getattr(getattr(self, "args", None), "num_threads", -1)
+            if _is_int(command_line_threads) and command_line_threads > 0:
+                hyperparams["num_threads"] = int(command_line_threads)
             entry = self.env_name.gym_id
             converted = ", converted from TRPO's" if from_trpo else ""
             where = f"{os.path.basename(str(self.config))} (entry for {entry}{converted})"

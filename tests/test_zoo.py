@@ -301,6 +301,23 @@ def test_bad_yaml_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str], over
     assert not logs.exists(), list(logs.rglob("*"))
 
 
+@pytest.mark.parametrize(("threads_option", "expected"), [(["--num-threads", "2"], 2), ([], None)])
+def test_num_threads_option_is_the_models_num_threads(tmp_path: Path, threads_option: list[str], expected: int | None) -> None:
+    # rl_zoo3 sets torch.set_num_threads(N) for --num-threads N; NPG's learn() uses N too, not its own default
+    entry = {"policy": "MlpPolicy", "n_timesteps": 64, "n_envs": 1, "n_steps": 32, "batch_size": 32}
+    conf = write_conf(tmp_path / "tiny.yml", {"CartPole-v1": entry})
+    argv = ["--env", "CartPole-v1", "--conf-file", conf, "--eval-freq", "-1", "--verbose", "0", "-f", str(tmp_path)]
+    assert npg_train.main([*argv, *threads_option]) == 0
+    model = NPG.load(tmp_path / "npg" / "CartPole-v1_1" / "CartPole-v1.zip", device="cpu")
+    assert model.num_threads == expected
+
+
+def test_num_threads_in_a_yaml_entry_is_checked() -> None:
+    check_hyperparameters({"policy": "MlpPolicy", "num_threads": 2})
+    with pytest.raises(ZooConfigError, match="num_threads=0"):
+        check_hyperparameters({"policy": "MlpPolicy", "num_threads": 0})
+
+
 def test_bad_override_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     logs = tmp_path / "logs"
     (logs / "npg").mkdir(parents=True)  # an existing log folder is kept, only this run's folder goes
