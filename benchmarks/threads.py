@@ -35,7 +35,6 @@ Results go to ``benchmarks/results/threads.json`` and, as Markdown, ``benchmarks
 
 import argparse
 import importlib
-import json
 import multiprocessing
 import os
 import statistics
@@ -44,10 +43,10 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+from common import machine, markdown_table, write_record
+
 SETTINGS = ("idle", "one-core-held", "all-cores")
 THREADS = ("torch", "1", "npg-default")
 NPG_ALGOS = ("npg", "npg_lstm", "maskable_npg")
@@ -213,9 +212,8 @@ def markdown(records: list[dict[str, Any]], header: str, settings: list[str]) ->
         "`learn()` wall seconds / process CPU seconds (median over the concurrent runs for all-cores); "
         "`over best` is the wall time over the fastest thread choice of the same workload and setting.",
         "",
-        "| workload | threads | " + " | ".join(f"{s} | over best" for s in settings) + " |",
-        "|---|---|" + "---|---|" * len(settings),
     ]
+    rows_out = []
     for workload, threads in rows:
         _, env_id, steps, _ = WORKLOADS[workload]
         cells = [f"{workload} ({env_id}, {steps} steps)", threads]
@@ -229,8 +227,9 @@ def markdown(records: list[dict[str, Any]], header: str, settings: list[str]) ->
             own = walls[threads]
             cells.append(cell(runs))
             cells.append(f"{own / min(finished):.2f}" if own is not None and finished else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows_out.append(cells)
+    header_cells = ["workload", "threads", *(cell for setting in settings for cell in (setting, "over best"))]
+    return "\n".join(lines + markdown_table(header_cells, rows_out)) + "\n"
 
 
 def main() -> None:
@@ -244,7 +243,6 @@ def main() -> None:
         raise ValueError(f"--steps-scale must be > 0, got {args.steps_scale}")
     for name, (algo, env_id, steps, timeout) in WORKLOADS.items():
         WORKLOADS[name] = (algo, env_id, max(1, round(steps * args.steps_scale)), timeout)
-    import rewards
     import torch as th
 
     for module in PRELOADED:  # once here rather than in every forked run
@@ -254,19 +252,15 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     records = run(args.workloads, args.settings)
     finished = time.strftime("%H:%M UTC", time.gmtime())
-    machine = {**rewards.machine(), "torch_threads": th.get_num_threads()}
+    found = {**machine(), "torch_threads": th.get_num_threads()}
     header = (
         f"Command: `python benchmarks/threads.py {' '.join(sys.argv[1:])}`, {started} to {finished}, "
-        f"{machine['cpu_count']} cores, torch {machine['torch']} (default {machine['torch_threads']} threads), "
-        f"SB3 {machine['sb3']}, Python {machine['python']}, sb3_npg commit {machine['sb3_npg_commit']}; "
+        f"{found['cpu_count']} cores, torch {found['torch']} (default {found['torch_threads']} threads), "
+        f"SB3 {found['sb3']}, Python {found['python']}, sb3_npg commit {found['sb3_npg_commit']}; "
         f"load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end."
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.output}.json").write_text(
-        json.dumps({"header": header, "machine": machine, "workloads": WORKLOADS, "records": records}, indent=1)
-    )
     table = markdown(records, header, args.settings)
-    (RESULTS / f"{args.output}.md").write_text(table)
+    write_record(args.output, {"header": header, "machine": found, "workloads": WORKLOADS, "records": records}, table)
     print(table)
 
 
