@@ -102,7 +102,7 @@ def _flag(meaning: str) -> Hyperparameter:
 
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "target_kl": Hyperparameter(
-        "the KL every update moves the policy by, summed over action dimensions",
+        "the KL each update aims at, summed over action dimensions and averaged over states",
         lambda v: isinstance(v, int | float) and v > 0,
         "> 0",
         kind="a number",
@@ -125,7 +125,9 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         f"None (default: {DEFAULT_NUM_THREADS} thread) or an int >= 1",
         typed=True,
     ),
-    "learning_rate": Hyperparameter("Adam learning rate of the critic", lambda v: v > 0, "> 0", kind="a number"),
+    "learning_rate": Hyperparameter(
+        "Adam learning rate of the critic (a number, or a schedule in Python)", lambda v: v > 0, "> 0", kind="a number"
+    ),
     "normalize_advantage": _flag("standardise the advantages"),
     "damped_step_size": _flag("scale the step with xᵀ(F+λI)x (TRPO's) instead of xᵀFx"),
     "use_sde": _flag("generalized state-dependent exploration"),
