@@ -48,7 +48,7 @@ import sb3_npg.critic
 import sb3_npg.mlp
 from sb3_npg import NPG
 from sb3_npg.fisher import FISHER_BACKENDS
-from sb3_npg.npg import STEP_LENGTHS
+from sb3_npg.hyperparameters import STEP_LENGTHS
 
 ALGORITHMS = ("trpo", *(f"npg-{backend}" for backend in FISHER_BACKENDS), "npg-exact")
 

@@ -6,14 +6,14 @@ Every ``rl_zoo3.enjoy`` option works; the defaults differ: ``--algo npg`` and ``
 
 The agent's files are read without running their code (a downloaded agent is a stranger's code otherwise):
 the model with ``NPG.load(..., trusted=False)``, ``config.yml``/``args.yml``/``vecnormalize.pkl`` checked first
-(:mod:`sb3_npg.zoo_trust`). ``--trusted`` loads them as rl_zoo3 does (unpickling, unsafe YAML), for agents you trust.
+(:mod:`sb3_npg.zoo.trust`). ``--trusted`` loads them as rl_zoo3 does (unpickling, unsafe YAML), for agents you trust.
 """
 
 import contextlib
 import sys
 
 from sb3_npg.zoo import ALGO_NAME, run_zoo_script
-from sb3_npg.zoo_trust import split_trusted_flag, untrusted_zoo_files
+from sb3_npg.zoo.trust import split_trusted_flag, untrusted_zoo_files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,6 @@ from torch import nn
 from sb3_npg.critic import fit_critic, index_observations
 from sb3_npg.env_checks import FiniteCheck, NonFiniteError, with_finite_check
 from sb3_npg.fisher import (
-    FISHER_BACKENDS,
     action_distribution,
     add_to_parameters_,
     distribution_not_kept,
@@ -45,6 +44,7 @@ from sb3_npg.fisher import (
     search_step_scale,
     set_parameters_along_,
 )
+from sb3_npg.hyperparameters import DEFAULT_NUM_THREADS, NUM_THREADS_ALLOWED, check_npg_hyperparameters, valid_num_threads
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_npg.rollout import LeanForward
 from sb3_npg.rollout import collect_rollouts as lean_collect_rollouts
@@ -64,22 +64,9 @@ from sb3_npg.save_load import (
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
 
-#: How the step along the natural gradient is scaled (``step_length``)
-STEP_LENGTHS = ("quadratic", "exact")
 #: ``step_length="exact"``: the relative tolerance on the measured KL, and the budget of KL evaluations per update
 EXACT_KL_TOLERANCE = 0.05
 EXACT_MAX_KL_EVALUATIONS = 6
-#: torch's intra-op thread count in ``learn()`` when ``num_threads`` is ``None``: NPG's tensors are small, and with
-#: more threads each operation waits for every thread (measured in docs/performance.md, "Threads")
-DEFAULT_NUM_THREADS = 1
-
-
-NUM_THREADS_ALLOWED = f"must be None (default: {DEFAULT_NUM_THREADS} thread) or an int >= 1"
-
-
-def valid_num_threads(num_threads: Any) -> bool:
-    """Whether ``num_threads`` is a valid ``num_threads`` argument: ``None`` or an int >= 1 (not a bool)."""
-    return num_threads is None or (isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1)
 
 
 @contextlib.contextmanager
@@ -270,33 +257,11 @@ class NPG(OnPolicyAlgorithm):
             self._setup_model()
 
     def _check_hyperparameters(self) -> None:
-        """Raise ``ValueError`` naming the first argument outside its allowed range."""
-        checks = [
-            (
-                "target_kl",
-                isinstance(self.target_kl, int | float) and self.target_kl > 0,
-                "must be a number > 0 (it is NPG's step length, the KL every update moves the policy by, not an early stop)",
-            ),
-            ("cg_max_steps", self.cg_max_steps >= 1, "must be >= 1"),
-            ("cg_damping", self.cg_damping >= 0, "must be >= 0"),
-            ("n_critic_updates", self.n_critic_updates >= 1, "must be >= 1"),
-            ("sub_sampling_factor", self.sub_sampling_factor >= 1, "must be >= 1"),
-            ("n_steps", self.n_steps >= 1, "must be >= 1"),
-            ("batch_size", self.batch_size >= 1, "must be >= 1"),
-            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
-            ("gae_lambda", 0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
-            ("fisher", self.fisher in FISHER_BACKENDS, f"must be one of {', '.join(map(repr, FISHER_BACKENDS))}"),
-            ("step_length", self.step_length in STEP_LENGTHS, f"must be one of {', '.join(map(repr, STEP_LENGTHS))}"),
-            ("num_threads", valid_num_threads(self.num_threads), NUM_THREADS_ALLOWED),
-        ]
-        if self.env is not None and self.normalize_advantage:
-            buffer_size = self.n_steps * self.env.num_envs
-            checks.append(("n_steps", buffer_size > 1, "n_steps * n_envs must be > 1 to normalize the advantages"))
-        for name, valid, allowed in checks:
-            if not valid:
-                raise ValueError(f"Invalid {name}={getattr(self, name)!r}: {allowed}")
-        if self.env is not None:
-            self._warn_truncated_minibatch(self.n_steps * self.env.num_envs)
+        """Raise ``ValueError`` naming the first argument outside its allowed range (:mod:`sb3_npg.hyperparameters`)."""
+        n_envs = None if self.env is None else self.env.num_envs
+        check_npg_hyperparameters(vars(self), n_envs, self.normalize_advantage)
+        if n_envs is not None:
+            self._warn_truncated_minibatch(self.n_steps * n_envs)
 
     def _warn_truncated_minibatch(self, buffer_size: int) -> None:
         """

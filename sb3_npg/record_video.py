@@ -11,7 +11,7 @@ import contextlib
 import sys
 
 from sb3_npg.zoo import ALGO_NAME, run_zoo_script
-from sb3_npg.zoo_trust import split_trusted_flag, untrusted_zoo_files
+from sb3_npg.zoo.trust import split_trusted_flag, untrusted_zoo_files
 
 
 def main(argv: list[str] | None = None) -> int:

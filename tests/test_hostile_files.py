@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_npg import NPG
 from sb3_npg.save_load import MAX_COMPRESSION_RATIO, MAX_SAVE_MEMBERS
-from sb3_npg.zoo_trust import check_vecnormalize
+from sb3_npg.zoo.trust import check_vecnormalize
 from tests.envs import ACTION_SPACES, ToyEnv, image_space
 from tests.helpers import TINY, toy_env
 from tests.torch_safety import SAFE_TORCH

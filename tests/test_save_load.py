@@ -1,5 +1,5 @@
 """
-Saved models (:mod:`sb3_npg.save_load`, :mod:`sb3_npg.zoo_trust`): atomic ``save``, ``load(..., trusted=False)``
+Saved models (:mod:`sb3_npg.save_load`, :mod:`sb3_npg.zoo.trust`): atomic ``save``, ``load(..., trusted=False)``
 of files from strangers (crafted files whose pickled entries create a marker file when unpickled), ``enjoy`` on a
 downloaded agent with poisoned files, and the warm start of NPG from PPO, A2C and TRPO files, models and dicts.
 """

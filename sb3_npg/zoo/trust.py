@@ -39,7 +39,8 @@ import numpy as np
 
 from sb3_npg.npg import NPG
 from sb3_npg.save_load import require_safe_torch
-from sb3_npg.zoo import ALGORITHMS, register
+from sb3_npg.zoo.algorithms import ALGORITHMS
+from sb3_npg.zoo.registration import register
 
 WRAPPER_PACKAGES = frozenset({"gymnasium", "stable_baselines3", "sb3_contrib", "rl_zoo3", "sb3_npg", "minigrid", "ale_py"})
 """Packages an agent's wrappers may come from (besides those already imported): importing a module runs it."""
