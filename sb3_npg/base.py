@@ -29,19 +29,15 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from sb3_npg.env_checks import FiniteCheck, NonFiniteError, with_finite_check
-from sb3_npg.save_load import (
+from sb3_npg.save_load.archive import (
     UntrustedLoadError,
     atomic_save_file,
     check_saved_by_npg,
-    check_state_dict,
     loads_recurrent_policies,
-    optimizer_state_fits,
-    read_parameters,
     read_save_file,
-    require_safe_torch,
-    trust_hint,
-    untrusted_load_arguments,
 )
+from sb3_npg.save_load.parameters import check_state_dict, optimizer_state_fits, read_parameters
+from sb3_npg.save_load.untrusted import require_safe_torch, trust_hint, untrusted_load_arguments
 
 SelfNPG = TypeVar("SelfNPG", bound="NPGBase")
 

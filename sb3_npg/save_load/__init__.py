@@ -2,7 +2,8 @@
 Saved models: what ``NPG.save``, ``NPG.load`` and ``NPG.set_parameters`` need beyond SB3's ``save_util``, in three
 modules: :mod:`~sb3_npg.save_load.archive` (the zip, its limits, atomic saves), :mod:`~sb3_npg.save_load.untrusted`
 (loading without unpickling, the torch version it needs) and :mod:`~sb3_npg.save_load.parameters` (``set_parameters``'
-checks). The names below are importable from ``sb3_npg.save_load`` itself (SECURITY.md names them there).
+checks). The version requirement, the limits and the errors are importable from ``sb3_npg.save_load`` itself (SECURITY.md
+names them there).
 
 - :func:`atomic_save_file`: ``model.save(path)`` writes a temporary file in the target's folder and renames it
   over the target only once it is complete, so an interrupted save leaves the previous file intact.
@@ -23,82 +24,34 @@ checks). The names below are importable from ``sb3_npg.save_load`` itself (SECUR
 - :func:`check_state_dict`: tensors that do not fit the model (shape, dtype, extra or missing keys) are refused
   before any is copied into it.
 
-Limits on a save file, checked from the zip's central directory before any member is decompressed (a file over
-them raises ``ValueError``): at most :data:`MAX_SAVE_MEMBERS` members, no two with the same name, no absolute or
-``..`` names, no encrypted member, at most :data:`MAX_SAVE_BYTES` for the file and for the sum of its members'
-stated sizes, and members over :data:`RATIO_CHECKED_ABOVE` bytes compressed at most :data:`MAX_COMPRESSION_RATIO`
-times. A member is then decompressed to at most its stated size, and one that does not decompress to exactly that
-size with its checksum is refused.
+The limits on a save file (member count and names, stated sizes, compression ratio) are in
+:mod:`~sb3_npg.save_load.archive`.
 """
 
 from sb3_npg.save_load.archive import (
-    FOREIGN_SIGNATURES,
     MAX_COMPRESSION_RATIO,
     MAX_SAVE_BYTES,
     MAX_SAVE_MEMBERS,
-    NPG_KEYS,
     RATIO_CHECKED_ABOVE,
-    SERIALIZED,
-    SaveFile,
     UntrustedLoadError,
-    atomic_save_file,
-    check_saved_by_npg,
-    checked_members,
-    existing_save_file,
-    is_pickled,
-    load_tensors,
-    loads_recurrent_policies,
-    read_save_file,
-    save_target,
-    saved_algorithm,
-    saved_policy_is_recurrent,
-    zip_bytes,
 )
-from sb3_npg.save_load.parameters import check_state_dict, optimizer_state_fits, read_parameters
 from sb3_npg.save_load.untrusted import (
-    ALLOWED_POLICY_OBJECTS,
-    NEVER_SAVED,
     SAFE_TORCH_VERSION,
     TORCH_ADVISORIES,
     UnsafeTorchError,
     require_safe_torch,
-    trust_hint,
     untrusted_files_supported,
-    untrusted_load_arguments,
 )
 
 __all__ = [
-    "ALLOWED_POLICY_OBJECTS",
-    "FOREIGN_SIGNATURES",
     "MAX_COMPRESSION_RATIO",
     "MAX_SAVE_BYTES",
     "MAX_SAVE_MEMBERS",
-    "NEVER_SAVED",
-    "NPG_KEYS",
     "RATIO_CHECKED_ABOVE",
     "SAFE_TORCH_VERSION",
-    "SERIALIZED",
     "TORCH_ADVISORIES",
-    "SaveFile",
     "UnsafeTorchError",
     "UntrustedLoadError",
-    "atomic_save_file",
-    "check_saved_by_npg",
-    "check_state_dict",
-    "checked_members",
-    "existing_save_file",
-    "is_pickled",
-    "load_tensors",
-    "loads_recurrent_policies",
-    "optimizer_state_fits",
-    "read_parameters",
-    "read_save_file",
     "require_safe_torch",
-    "save_target",
-    "saved_algorithm",
-    "saved_policy_is_recurrent",
-    "trust_hint",
     "untrusted_files_supported",
-    "untrusted_load_arguments",
-    "zip_bytes",
 ]
