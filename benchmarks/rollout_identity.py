@@ -41,7 +41,7 @@ from common import (
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_npg import NPG
-from sb3_npg.rollout import LeanForward
+from sb3_npg.fast.lean_forward import LeanForward
 
 DEFAULT_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
 

@@ -44,8 +44,8 @@ from common import machine_line, markdown_table, matched_model, write_record
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-import sb3_npg.critic
-import sb3_npg.mlp
+import sb3_npg.fast.critic
+import sb3_npg.fast.mlp
 from sb3_npg import NPG
 from sb3_npg.fisher import FISHER_BACKENDS
 from sb3_npg.hyperparameters import STEP_LENGTHS
@@ -251,8 +251,8 @@ def scaling(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 # Each fast path resting on a torch internal, and how to force its public fallback (the feature test answering no)
 FAST_PATHS = {
-    "functional fused Adam (critic)": (sb3_npg.critic, "functional_adam_supported"),
-    "fused tanh/relu derivative kernels (MLP products)": (sb3_npg.mlp, "fused_activation_kernels_supported"),
+    "functional fused Adam (critic)": (sb3_npg.fast.critic, "functional_adam_supported"),
+    "fused tanh/relu derivative kernels (MLP products)": (sb3_npg.fast.mlp, "fused_activation_kernels_supported"),
 }
 
 

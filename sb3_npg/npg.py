@@ -1,104 +1,49 @@
 """
 Natural Policy Gradient (NPG): the algorithm.
 
-One ``train()`` call: policy gradient ``g`` on the actor parameters, ``x ~ (F + damping I)^-1 g`` from
-the Fisher machinery in :mod:`sb3_npg.fisher`, the step ``sqrt(2 target_kl / x^T F x) x`` (no line
-search on the surrogate; with ``step_length="exact"`` the scale along ``x`` is searched until the measured KL
-is ``target_kl``), the KL measured after the step, then the critic's regression on the returns.
+One ``train()`` call (:meth:`NPG.train`, then :meth:`NPG._natural_gradient_step`, read top to bottom like
+sb3-contrib TRPO's ``train()``): the policy gradient ``g`` on the actor parameters (:mod:`sb3_npg.policy_gradient`),
+``x ~ (F + damping I)^-1 g`` by conjugate gradient on a Fisher operator (:mod:`sb3_npg.fisher`), ``x^T F x``, the
+step ``sqrt(2 target_kl / x^T F x) x`` (no line search on the surrogate; with ``step_length="exact"`` the scale
+along ``x`` is searched until the measured KL is ``target_kl``, :mod:`sb3_npg.step_length`), the KL measured after
+the step (:mod:`sb3_npg.kl`), then the critic's regression on the returns (:mod:`sb3_npg.critic`).
+
+``learn``, the NaN/inf environment check, ``save``, ``load`` and ``set_parameters`` are shared with MaskableNPG and
+RecurrentNPG in :class:`sb3_npg.base.NPGBase`; the fast paths (same numbers) are in :mod:`sb3_npg.fast`.
 """
 
-import contextlib
-import copy
-import io
-import pathlib
 import warnings
-from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, ProgressBarCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.save_util import recursive_getattr
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
-from torch import nn
 
+from sb3_npg.actor_critic import critic_optimizer, has_running_statistics, split_parameters
+from sb3_npg.base import NPGBase
 from sb3_npg.critic import fit_critic, index_observations
-from sb3_npg.env_checks import FiniteCheck, NonFiniteError, with_finite_check
-from sb3_npg.fisher import (
-    action_distribution,
-    add_to_parameters_,
-    distribution_not_kept,
-    distribution_outputs,
-    has_running_statistics,
-    make_fisher,
-    mean_summed_kl,
-    policy_gradient,
-    policy_jacobian,
-    search_step_scale,
-    set_parameters_along_,
-)
-from sb3_npg.hyperparameters import DEFAULT_NUM_THREADS, NUM_THREADS_ALLOWED, check_npg_hyperparameters, valid_num_threads
+from sb3_npg.fast.lean_forward import LeanForward
+from sb3_npg.fast.rollout import collect_rollouts as lean_collect_rollouts
+from sb3_npg.fisher import make_fisher
+from sb3_npg.hyperparameters import check_npg_hyperparameters
+from sb3_npg.kl import action_distribution, distribution_not_kept, mean_summed_kl
+from sb3_npg.parameters import add_to_parameters_, set_parameters_along_
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
-from sb3_npg.rollout import LeanForward
-from sb3_npg.rollout import collect_rollouts as lean_collect_rollouts
-from sb3_npg.save_load import (
-    UntrustedLoadError,
-    atomic_save_file,
-    check_saved_by_npg,
-    check_state_dict,
-    loads_recurrent_policies,
-    optimizer_state_fits,
-    read_parameters,
-    read_save_file,
-    require_safe_torch,
-    trust_hint,
-    untrusted_load_arguments,
-)
-
-SelfNPG = TypeVar("SelfNPG", bound="NPG")
+from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
+from sb3_npg.step_length import search_step_scale
 
 #: ``step_length="exact"``: the relative tolerance on the measured KL, and the budget of KL evaluations per update
 EXACT_KL_TOLERANCE = 0.05
 EXACT_MAX_KL_EVALUATIONS = 6
 
 
-@contextlib.contextmanager
-def torch_threads(num_threads: int) -> Iterator[None]:
-    """
-    Run the block with ``num_threads`` torch intra-op threads, then give the caller's count back (also on an error).
-
-    :param num_threads: the thread count inside the block (``torch.set_num_threads``)
-    """
-    previous = th.get_num_threads()
-    if num_threads == previous:
-        yield
-        return
-    th.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        th.set_num_threads(previous)
-
-
-def _with_progress_bar(callback: MaybeCallback, progress: ProgressBarCallback | None) -> MaybeCallback:
-    """``callback`` with ``progress`` added (as SB3's ``learn(progress_bar=True)`` adds its own), or unchanged."""
-    if progress is None:
-        return callback
-    if isinstance(callback, list):
-        callback = CallbackList(callback)
-    if not isinstance(callback, BaseCallback):
-        callback = ConvertCallback(callback)
-    return CallbackList([callback, progress])
-
-
-class NPG(OnPolicyAlgorithm):
+class NPG(NPGBase):
     """
     Natural Policy Gradient (NPG)
 
@@ -161,10 +106,9 @@ class NPG(OnPolicyAlgorithm):
         Setting it to auto, the code will be run on the GPU if possible.
     :param num_threads: The number of torch intra-op threads ``learn()`` runs with (rollouts, updates and the
         callbacks called during them); the caller's ``torch.get_num_threads()`` is restored when ``learn()``
-        returns or raises. ``None`` (default): 1, as fast as more threads for SB3's small networks on an idle
-        machine (about 20 % slower than 2 threads at 256x256) and 10x faster or more when other processes share
-        the cores. Set it (e.g. to the number of cores) for large networks (``CnnPolicy``) on an otherwise idle
-        machine. ``predict()`` runs with the caller's setting. Thread counts change float rounding only.
+        returns or raises. ``None`` (default): 1, the fastest for SB3-sized networks on an idle machine and much
+        faster when other processes share the cores. Set it (e.g. to the number of cores) for large networks
+        (``CnnPolicy``) on an otherwise idle machine. ``predict()`` runs with the caller's setting.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -249,8 +193,7 @@ class NPG(OnPolicyAlgorithm):
         self.num_threads = num_threads
         self.skipped_updates = 0
         self.kl_search_failures = 0
-        if self.env is not None:
-            self.env = with_finite_check(self.env)
+        self._add_finite_check()
         self._check_hyperparameters()
 
         if _init_setup_model:
@@ -263,48 +206,16 @@ class NPG(OnPolicyAlgorithm):
         if n_envs is not None:
             self._warn_truncated_minibatch(self.n_steps * n_envs)
 
-    def _warn_truncated_minibatch(self, buffer_size: int) -> None:
-        """
-        Warn, as SB3's PPO and sb3-contrib's TRPO do, when the rollout is not a multiple of ``batch_size``: the last
-        critic minibatch of every epoch is then smaller. A ``batch_size`` above the rollout size is allowed (as in
-        PPO, A2C and TRPO): the critic's minibatch is then the whole rollout.
-        """
-        if buffer_size % self.batch_size == 0:
-            return
-        if self.batch_size > buffer_size:
-            consequence = f"the critic's minibatch is the whole rollout ({buffer_size} samples)"
-        else:
-            consequence = (
-                f"after every {buffer_size // self.batch_size} untruncated mini-batches, "
-                f"there will be a truncated mini-batch of size {buffer_size % self.batch_size}"
-            )
-        warnings.warn(
-            f"You have specified a mini-batch size of {self.batch_size}, but because the rollout buffer is of size "
-            f"`n_steps * n_envs = {buffer_size}`, {consequence}.\n"
-            "We recommend using a `batch_size` that is a factor of `n_steps * n_envs`.\n"
-            f"Info: (n_steps={self.n_steps} and n_envs={buffer_size // self.n_steps})",
-            UserWarning,
-            stacklevel=4,
-        )
-
     def _setup_model(self) -> None:
         super()._setup_model()
         self._setup_actor_critic()
 
     def _setup_actor_critic(self) -> None:
         """Split the policy into actor and critic parameters and give the critic its own optimiser."""
-        self.actor_parameters, critic_parameters = self._split_parameters()
+        self.actor_parameters, critic_parameters = split_parameters(self.policy, self._sample_distribution)
         # The critic optimiser holds the value parameters only: the actor (log_std and a shared features
         # extractor included) is moved by the natural-gradient step alone.
-        optimizer_kwargs = dict(self.policy.optimizer_kwargs)
-        if (
-            self.policy.optimizer_class in (th.optim.Adam, th.optim.AdamW)
-            and not {"fused", "foreach"} & optimizer_kwargs.keys()
-        ):
-            optimizer_kwargs["fused"] = True  # one kernel for all parameters: same update, less overhead
-        self.policy.optimizer = self.policy.optimizer_class(  # type: ignore[call-arg]
-            critic_parameters, lr=self.lr_schedule(1), **optimizer_kwargs
-        )
+        self.policy.optimizer = critic_optimizer(self.policy, critic_parameters, self.lr_schedule(1))
         if self.policy.share_features_extractor and any(True for _ in self.policy.features_extractor.parameters()):
             warnings.warn(
                 "NPG's critic does not train a shared features extractor (it is an actor parameter, moved by the "
@@ -313,28 +224,6 @@ class NPG(OnPolicyAlgorithm):
                 UserWarning,
                 stacklevel=4,
             )
-
-    def _split_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """
-        Split the policy's parameters into actor (those the action distribution depends on) and critic (the rest).
-
-        Found by differentiating the distribution on a sample observation, so it holds for custom
-        policies too, whatever their parameter names. The policy runs in evaluation mode there (a ``BatchNorm``
-        takes its running statistics, not one sample's, and keeps them; ``Dropout`` draws nothing) and does not keep
-        the distribution of that pass (its autograd graph would make the policy impossible to deep-copy).
-        """
-        parameters = list(self.policy.parameters())
-        training = self.policy.training
-        self.policy.set_training_mode(False)
-        try:
-            with distribution_not_kept(self.policy):
-                outputs = distribution_outputs(self._sample_distribution())
-                gradients = th.autograd.grad([output.sum() for output in outputs], parameters, allow_unused=True)
-        finally:
-            self.policy.set_training_mode(training)
-        actor = [p for p, grad in zip(parameters, gradients, strict=True) if grad is not None]
-        critic = [p for p, grad in zip(parameters, gradients, strict=True) if grad is None]
-        return actor, critic
 
     def _sample_distribution(self) -> Distribution:
         """The policy's action distribution on one sampled observation (how the actor parameters are found)."""
@@ -346,7 +235,7 @@ class NPG(OnPolicyAlgorithm):
     ) -> bool:
         """
         Collect a rollout (see SB3's ``OnPolicyAlgorithm.collect_rollouts``): with the lean forward pass of
-        :mod:`sb3_npg.rollout` for the policies it reproduces (same random draws; the same buffer bit for bit, or to
+        :mod:`sb3_npg.fast.rollout` for the policies it reproduces (same random draws; the same buffer bit for bit, or to
         float32 rounding for diagonal Gaussian MLPs), else SB3's.
         """
         forward = LeanForward.for_policy(self.policy)
@@ -367,7 +256,9 @@ class NPG(OnPolicyAlgorithm):
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
 
+        # The natural-gradient step on the actor (gradient, solve, x^T F x, scale, apply, measured KL)
         self._policy_step(observations, actions, rollout_data.advantages, self._action_masks(rollout_data))
+        # 7. Critic: n_critic_updates epochs of regression on the returns (sb3_npg.critic)
         value_loss = self._fit_critic(observations, rollout_data.returns)
         self._record_update(value_loss)
 
@@ -439,12 +330,13 @@ class NPG(OnPolicyAlgorithm):
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-        # One forward pass at theta_old gives the old distribution, the policy gradient and (without
-        # sub-sampling) the Jacobian the Fisher products use
+        # 1. Gradient: one forward pass at theta_old gives the old distribution, g and (without sub-sampling)
+        # the Jacobian the Fisher products use (sb3_npg.policy_gradient)
         jacobian = policy_jacobian(policy, self.actor_parameters, observations, action_masks)
         old = jacobian.distribution
         gradient = policy_gradient(jacobian, actions, advantages)
 
+        # 2. Solve (F + lambda I) x = g by conjugate gradient on the chosen Fisher backend (sb3_npg.fisher)
         fisher_index = slice(None, None, self.sub_sampling_factor)
         fisher = make_fisher(
             self.fisher,
@@ -458,6 +350,7 @@ class NPG(OnPolicyAlgorithm):
         )
         del jacobian  # kept by the Fisher if it uses it, freed otherwise
         direction, residual = fisher.solve(gradient, self.cg_max_steps)
+        # 3. x^T F x from the solve's residual, without another product (undamped unless damped_step_size)
         damped_quadratic = direction @ (gradient - residual)  # x^T (F + lambda I) x
         quadratic = damped_quadratic if self.damped_step_size else damped_quadratic - self.cg_damping * direction @ direction
         del fisher  # frees its graph and caches before the step
@@ -465,16 +358,19 @@ class NPG(OnPolicyAlgorithm):
         self.logger.record("train/policy_gradient_norm", gradient.norm().item())
         self.logger.record("train/cg_residual", residual.norm().item())
         self.logger.record("train/xFx", quadratic.item())
+        # 4. Scale: the quadratic model of the KL equals target_kl; a bad x^T F x skips the update
         step_size = th.sqrt(2 * self.target_kl / quadratic)
         if not (th.isfinite(quadratic) and quadratic > 0 and th.isfinite(step_size * direction).all()):
             self._skip_update(f"x^T F x = {quadratic.item():.3g} is not finite and positive")
             return
 
+        # 5. Apply the step (step_length="exact": search the scale by the measured KL, sb3_npg.step_length)
         previous = [parameter.detach().clone() for parameter in self.actor_parameters]
         if self.step_length == "exact":
             self._exact_step(observations, old, direction, previous, step_size.item(), action_masks, policy)
             return
         add_to_parameters_(self.actor_parameters, direction, alpha=step_size.item())
+        # 6. Measured KL(pi_old || pi_new) on the batch; a non-finite one puts the actor back
         with th.no_grad():
             kl = mean_summed_kl(old, action_distribution(policy, observations, action_masks))
         if not th.isfinite(kl):
@@ -497,7 +393,7 @@ class NPG(OnPolicyAlgorithm):
         """
         ``step_length="exact"``: along ``direction``, the scale whose measured KL is ``target_kl`` within
         ``EXACT_KL_TOLERANCE``, searched from the quadratic estimate ``initial_scale`` (see
-        :func:`~sb3_npg.fisher.search_step_scale`); every trial sets ``theta_old + scale * direction`` and
+        :func:`~sb3_npg.step_length.search_step_scale`); every trial sets ``theta_old + scale * direction`` and
         measures the KL with one forward pass (of the distribution masked by ``action_masks``, if given). The actor
         ends at the chosen scale (``theta_old`` if none is safe).
 
@@ -548,205 +444,6 @@ class NPG(OnPolicyAlgorithm):
         :return: the mean value loss
         """
         return fit_critic(self.policy, observations, returns, self.n_critic_updates, self.batch_size)
-
-    @property
-    def learn_threads(self) -> int:
-        """The torch intra-op thread count ``learn()`` runs with: ``num_threads``, or 1 when it is ``None``."""
-        return DEFAULT_NUM_THREADS if self.num_threads is None else self.num_threads
-
-    def learn(
-        self: SelfNPG,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "NPG",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfNPG:
-        """
-        Train; see SB3's ``OnPolicyAlgorithm.learn``.
-
-        It runs with :attr:`learn_threads` torch threads and gives the caller's ``torch.get_num_threads()`` back
-        when it returns or raises. An error raised by the environment reaches the caller unchanged and leaves the
-        model ready for another ``learn`` (after ``set_env`` with a working environment); the progress bar is
-        closed. A NaN or inf from the environment raises :class:`~sb3_npg.env_checks.NonFiniteError` naming the
-        quantity and the timestep.
-        """
-        # The progress bar is created here, not by SB3, so that it can be closed when training fails
-        progress = ProgressBarCallback() if progress_bar else None
-        try:
-            with torch_threads(self.learn_threads):
-                return super().learn(
-                    total_timesteps=total_timesteps,
-                    callback=_with_progress_bar(callback, progress),
-                    log_interval=log_interval,
-                    tb_log_name=tb_log_name,
-                    reset_num_timesteps=reset_num_timesteps,
-                    progress_bar=False,
-                )
-        except BaseException as error:
-            if isinstance(error, NonFiniteError):
-                # num_timesteps counts the steps before the one that failed
-                error.set_timestep(self.num_timesteps + (self.n_envs if error.during == "step" else 0))
-            if progress is not None and getattr(progress, "pbar", None) is not None:
-                progress.on_training_end()  # SB3 closes it only when training ends normally
-            raise
-
-    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
-        """
-        Set the environment to learn from (see SB3's ``BaseAlgorithm.set_env``), with NPG's NaN/inf check.
-
-        :param env: the new environment (same spaces and number of environments)
-        :param force_reset: reset the environment before the next ``learn``
-        """
-        super().set_env(env, force_reset=force_reset)
-        self.env = with_finite_check(self.env)  # type: ignore[arg-type]
-
-    def get_env(self) -> VecEnv | None:
-        """
-        The environment as given (see SB3's ``BaseAlgorithm.get_env``): the ``VecEnv`` itself when NPG's NaN/inf
-        check sits on top of it (with wrappers such as ``VecNormalize``, the check sits below them, inside).
-        """
-        env = super().get_env()
-        return env.venv if isinstance(env, FiniteCheck) else env
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfNPG],
-        path: str | pathlib.Path | io.BufferedIOBase,
-        env: GymEnv | None = None,
-        device: th.device | str = "auto",
-        custom_objects: dict[str, Any] | None = None,
-        print_system_info: bool = False,
-        force_reset: bool = True,
-        trusted: bool = True,
-        **kwargs: Any,
-    ) -> SelfNPG:
-        """
-        Load a model saved with ``model.save(path)``; see SB3's ``BaseAlgorithm.load``.
-
-        A missing file raises ``FileNotFoundError``; a file that is not a complete SB3 save (not a zip archive,
-        truncated, or without its model data) or that another algorithm saved raises ``ValueError``, naming the
-        path (for another algorithm's policy, use ``set_parameters``).
-
-        :param trusted: ``True`` (SB3's behaviour): the file's pickled objects (spaces, schedules, classes) are
-            unpickled, which runs whatever code the file holds: only for files you trust.
-            ``False``: nothing is unpickled. The spaces come from ``env`` (required, or ``observation_space`` and
-            ``action_space`` in ``custom_objects``), the policy class from ``policy_aliases``, pickled
-            ``policy_kwargs`` from their readable copy (torch activations/optimisers and SB3's features
-            extractors only; else pass ``custom_objects={"policy_kwargs": ...}``), the weights from
-            ``torch.load(weights_only=True)``; other pickled entries keep the constructor's values. A file that
-            cannot be read that way raises ``ValueError``. Refused (``ValueError``, before the file is read) on
-            a torch below ``SAFE_TORCH_VERSION`` (2.10), whose ``weights_only`` unpickler has published
-            advisories (see SECURITY.md).
-
-        A save file over the limits of :mod:`sb3_npg.save_load` (member count and names, stated sizes,
-        compression ratio) is refused before anything is decompressed; tensors that do not fit the policy raise
-        ``ValueError`` naming the parameter.
-        """
-        if not valid_num_threads(kwargs.get("num_threads")):
-            raise ValueError(f"Invalid num_threads={kwargs['num_threads']!r}: {NUM_THREADS_ALLOWED}")
-        if not trusted:
-            require_safe_torch(f"{cls.__name__}.load(path, trusted=False)", trust_hint(cls.__name__))
-        save_file = read_save_file(path)
-        check_saved_by_npg(save_file, cls.__name__, recurrent=loads_recurrent_policies(cls))
-        if trusted:
-            stream = save_file.stream()
-        else:
-            try:
-                stream, custom_objects = untrusted_load_arguments(cls, save_file, env, device, custom_objects)
-            except UntrustedLoadError as error:
-                raise UntrustedLoadError(f"{str(error).rstrip('.')}. {trust_hint(cls.__name__)}") from error
-        return super().load(
-            stream,
-            env=env,
-            device=device,
-            custom_objects=custom_objects,
-            print_system_info=print_system_info,
-            force_reset=force_reset,
-            **kwargs,
-        )
-
-    def save(
-        self,
-        path: str | pathlib.Path | io.BufferedIOBase,
-        exclude: Iterable[str] | None = None,
-        include: Iterable[str] | None = None,
-    ) -> None:
-        """
-        Save the model (SB3's format; ``.zip`` added to a path without suffix), see SB3's ``BaseAlgorithm.save``.
-
-        A path is written atomically: a temporary file in the same folder, renamed over ``path`` once complete,
-        so a save interrupted by an exception (or a crash) leaves the file that was there intact.
-        """
-        if isinstance(path, io.BufferedIOBase):
-            super().save(path, exclude=exclude, include=include)
-            return
-        with atomic_save_file(path) as file:
-            super().save(file, exclude=exclude, include=include)
-
-    def set_parameters(
-        self,
-        load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | dict[str, Any] | BaseAlgorithm,  # type: ignore[override]
-        exact_match: bool = True,
-        device: th.device | str = "auto",
-        trusted: bool = False,
-    ) -> None:
-        """
-        Load parameters from a save file, a dict (``get_parameters()``) or a model; see SB3's ``set_parameters``.
-
-        Parameters from another algorithm (PPO, A2C, TRPO, ... with the same policy architecture) warm-start NPG:
-        the policy weights are loaded, the optimiser state is not (NPG's critic optimiser holds the value
-        parameters only) and a ``UserWarning`` says so. ``.pth`` members are read with ``weights_only=True``.
-        Tensors that do not fit the model (shape, dtype, extra or missing keys with ``exact_match``) raise
-        ``ValueError`` naming the parameter; on any error the model keeps the parameters it had.
-
-        :param load_path_or_dict: a save file (path or binary file object), a dict of state dicts, or a model
-        :param exact_match: the policy state dict must have exactly the policy's parameters
-        :param device: where to load the tensors
-        :param trusted: ``False``: a file is refused on a torch below ``SAFE_TORCH_VERSION`` (2.10), whose
-            ``weights_only`` unpickler has published advisories (see SECURITY.md); ``True`` reads it there too (for
-            a file you trust). Either way the file is read with ``weights_only=True``; dicts and models are not files.
-        """
-        if not trusted and not isinstance(load_path_or_dict, dict | BaseAlgorithm):
-            require_safe_torch(
-                f"{type(self).__name__}.set_parameters(path)", "pass trusted=True: model.set_parameters(path, trusted=True)"
-            )
-        params, algorithm = read_parameters(load_path_or_dict, device)
-        objects = set(self._get_torch_save_params()[0])
-        for name, state in params.items():
-            if name not in objects:
-                raise ValueError(f"'{name}' is not one of the model's parameter sets ({', '.join(sorted(objects))})")
-            module = recursive_getattr(self, name)
-            if isinstance(module, nn.Module):
-                check_state_dict(name, state, module, exact_match)
-        previous = {name: copy.deepcopy(recursive_getattr(self, name).state_dict()) for name in objects}
-        try:
-            self._load_parameters(params, algorithm, exact_match, device)
-        except BaseException:
-            for name, state in previous.items():
-                recursive_getattr(self, name).load_state_dict(state)
-            raise
-
-    def _load_parameters(
-        self, params: dict[str, Any], algorithm: str | None, exact_match: bool, device: th.device | str
-    ) -> None:
-        """Load checked parameters: all of them from NPG (or a dict) when the optimiser state fits, else the policy's."""
-        optimizer_state = params.get("policy.optimizer")
-        if algorithm in (None, "NPG") and (
-            optimizer_state is None or optimizer_state_fits(optimizer_state, self.policy.optimizer)
-        ):
-            super().set_parameters(params, exact_match=exact_match, device=device)
-            return
-        if "policy" not in params:
-            raise ValueError(f"No policy weights to load from {algorithm or 'these parameters'} (keys: {sorted(params)})")
-        self.policy.load_state_dict(params["policy"], strict=exact_match)
-        warnings.warn(
-            f"Loaded the policy weights of {algorithm or 'another algorithm'} (its optimiser state does not fit NPG's, "
-            "whose critic optimiser holds the value parameters only): NPG's optimiser keeps its own state.",
-            UserWarning,
-            stacklevel=3,
-        )
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "actor_parameters"]

@@ -16,20 +16,14 @@ from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
 from sb3_npg import NPG
-from sb3_npg.fisher import (
-    FISHER_BACKENDS,
-    AutogradJacobian,
-    EmpiricalFisher,
-    MLPJacobian,
-    conjugate_gradient,
-    distribution_outputs,
-    flatten,
-    make_fisher,
-    mean_summed_kl,
-    output_fisher,
-    policy_gradient,
-    policy_jacobian,
-)
+from sb3_npg.conjugate_gradient import conjugate_gradient
+from sb3_npg.distributions import distribution_outputs, output_fisher
+from sb3_npg.fast.mlp_jacobian import MLPJacobian
+from sb3_npg.fisher import FISHER_BACKENDS, EmpiricalFisher, make_fisher
+from sb3_npg.jacobian import AutogradJacobian
+from sb3_npg.kl import mean_summed_kl
+from sb3_npg.parameters import flatten
+from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 from tests.dense import dense_kl_hessian, dense_scores
 from tests.envs import ACTION_SPACES, ToyEnv
 from tests.helpers import assert_close_in_norm, batch, perturb, tiny_model

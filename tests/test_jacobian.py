@@ -11,10 +11,13 @@ import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
-import sb3_npg.mlp
+import sb3_npg.fast.mlp
 from sb3_npg import NPG
-from sb3_npg.fisher import AutogradJacobian, HessianFisher, MLPJacobian, make_fisher, policy_jacobian
-from sb3_npg.mlp import LinearChain
+from sb3_npg.fast.mlp import LinearChain
+from sb3_npg.fast.mlp_jacobian import MLPJacobian
+from sb3_npg.fisher import HessianFisher, make_fisher
+from sb3_npg.jacobian import AutogradJacobian
+from sb3_npg.policy_gradient import policy_jacobian
 from tests.envs import ACTION_SPACES, ToyEnv, image_space
 from tests.helpers import assert_close_in_norm, batch, perturb, tiny_model
 
@@ -68,13 +71,13 @@ def test_policies_outside_the_mlp_form_use_autograd_and_stay_exact() -> None:
 def activation_kernels(request, monkeypatch) -> str:
     """Run a test with torch's internal derivative kernels (when this torch has them) and with the public fallback."""
     if request.param == "public-fallback":
-        monkeypatch.setattr(sb3_npg.mlp, "fused_activation_kernels_supported", lambda: False)
+        monkeypatch.setattr(sb3_npg.fast.mlp, "fused_activation_kernels_supported", lambda: False)
     return request.param
 
 
 def test_fused_activation_kernels_detected_on_this_torch() -> None:
     """The feature test finds torch's kernels here (so the fast path is what the other tests exercise)."""
-    assert sb3_npg.mlp.fused_activation_kernels_supported()
+    assert sb3_npg.fast.mlp.fused_activation_kernels_supported()
 
 
 @pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU, nn.ELU, nn.SiLU])

@@ -22,16 +22,12 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_npg import MaskableNPG
-from sb3_npg.fisher import (
-    FISHER_BACKENDS,
-    AutogradJacobian,
-    MLPJacobian,
-    flatten,
-    make_fisher,
-    mean_summed_kl,
-    policy_gradient,
-    policy_jacobian,
-)
+from sb3_npg.fast.mlp_jacobian import MLPJacobian
+from sb3_npg.fisher import FISHER_BACKENDS, make_fisher
+from sb3_npg.jacobian import AutogradJacobian
+from sb3_npg.kl import mean_summed_kl
+from sb3_npg.parameters import flatten
+from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 from tests.dense import dense_kl_hessian, dense_scores, distribution_of, flat_actor
 from tests.envs import MaskedToyEnv, ToyEnv, random_mask
 from tests.helpers import assert_close_in_norm, perturb, tiny_model

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import sb3_npg.npg
 from sb3_npg import NPG
-from sb3_npg.fisher import CGSolution
+from sb3_npg.conjugate_gradient import CGSolution
 from tests.dense import flat_actor
 from tests.envs import ACTION_SPACES, image_space
 from tests.helpers import TINY, collect, observations_for, toy_env

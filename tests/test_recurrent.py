@@ -22,7 +22,9 @@ from torch.distributions import Categorical, Normal, kl_divergence
 from torch.func import functional_call
 
 from sb3_npg import NPG, RecurrentNPG
-from sb3_npg.fisher import action_distribution, make_fisher, mean_summed_kl, policy_gradient, policy_jacobian
+from sb3_npg.fisher import make_fisher
+from sb3_npg.kl import action_distribution, mean_summed_kl
+from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 from sb3_npg.recurrent import SequenceBatch
 from tests.dense import actor_names, flat_actor
 

@@ -1,5 +1,5 @@
 """
-The fast rollout path (``sb3_npg.rollout``) against SB3's ``collect_rollouts``: same buffer, same random state.
+The fast rollout path (``sb3_npg.fast``) against SB3's ``collect_rollouts``: same buffer, same random state.
 
 Each test trains two NPG models from the same seed: one with NPG's ``collect_rollouts`` (the fast path where the
 policy qualifies), one with SB3's ``OnPolicyAlgorithm.collect_rollouts``. A callback copies the rollout buffer at
@@ -31,13 +31,8 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from sb3_npg import NPG
-from sb3_npg.rollout import (
-    NUMPY_PASS_MAX_PRODUCT,
-    NUMPY_PASS_MAX_VECTOR_PRODUCT,
-    LeanForward,
-    NumpyGaussianPass,
-    _reads_flat_box_features,
-)
+from sb3_npg.fast.lean_forward import LeanForward, _reads_flat_box_features
+from sb3_npg.fast.numpy_pass import NUMPY_PASS_MAX_PRODUCT, NUMPY_PASS_MAX_VECTOR_PRODUCT, NumpyGaussianPass
 from tests.envs import ACTION_SPACES, ToyEnv, image_space
 
 # Agreement of the numpy pass (float32 rounding of numpy's BLAS and tanh) with SB3's loop in a rollout, and how much

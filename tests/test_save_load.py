@@ -29,13 +29,12 @@ from torch import nn
 from sb3_npg import NPG
 from sb3_npg.save_load import (
     SAFE_TORCH_VERSION,
-    SERIALIZED,
     UnsafeTorchError,
     UntrustedLoadError,
-    is_pickled,
     require_safe_torch,
     untrusted_files_supported,
 )
+from sb3_npg.save_load.archive import SERIALIZED, is_pickled
 from tests.envs import ACTION_SPACES, image_space
 from tests.helpers import TINY, observations_for, toy_env
 from tests.torch_safety import SAFE_TORCH, below_safe_torch, needs_safe_torch

@@ -17,7 +17,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 import sb3_npg.npg
 from sb3_npg import NPG
-from sb3_npg.fisher import search_step_scale
+from sb3_npg.step_length import search_step_scale
 from tests.dense import flat_actor, summed_kl
 from tests.envs import ACTION_SPACES, ToyEnv
 from tests.helpers import collect, cosine

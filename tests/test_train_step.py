@@ -14,8 +14,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 from torch.nn import functional as F
 
-import sb3_npg.critic
-import sb3_npg.mlp
+import sb3_npg.fast.critic
+import sb3_npg.fast.mlp
 from sb3_npg import NPG
 from tests.dense import dense_kl_hessian, dense_scores, flat_actor, select
 from tests.envs import ACTION_SPACES, ToyEnv, image_space
@@ -259,8 +259,8 @@ def test_fused_adam_step_continues_the_optimiser_state_across_calls() -> None:
     collect(model)
     observations, _, _, returns = batch_tensors(model)
     start = {name: value.clone() for name, value in model.policy.state_dict().items()}
-    chain_parameters = sb3_npg.critic.critic_chain(model.policy).parameters
-    assert sb3_npg.critic.fused_adam_step(model.policy.optimizer, chain_parameters) is None  # no state yet
+    chain_parameters = sb3_npg.fast.critic.critic_chain(model.policy).parameters
+    assert sb3_npg.fast.critic.fused_adam_step(model.policy.optimizer, chain_parameters) is None  # no state yet
 
     th.manual_seed(5)
     for _ in range(2):
@@ -269,7 +269,7 @@ def test_fused_adam_step_continues_the_optimiser_state_across_calls() -> None:
     minibatches_per_call = model.n_critic_updates * -(-len(returns) // model.batch_size)
     steps = {model.policy.optimizer.state[p]["step"].item() for p in chain_parameters}
     assert steps == {2 * minibatches_per_call}
-    assert sb3_npg.critic.fused_adam_step(model.policy.optimizer, chain_parameters) is not None
+    assert sb3_npg.fast.critic.fused_adam_step(model.policy.optimizer, chain_parameters) is not None
 
     model.policy.load_state_dict(start)
     policy = model.policy
@@ -296,16 +296,16 @@ def test_fused_adam_step_only_for_a_fused_adam_on_the_critic_parameters() -> Non
     ):
         parameters[0].grad = th.ones(3)
         optimizer.step()
-        assert sb3_npg.critic.fused_adam_step(optimizer, parameters) is None
+        assert sb3_npg.fast.critic.fused_adam_step(optimizer, parameters) is None
     optimizer = th.optim.Adam(parameters, fused=True)
     optimizer.step()
-    assert sb3_npg.critic.fused_adam_step(optimizer, parameters) is not None
-    assert sb3_npg.critic.fused_adam_step(optimizer, [nn.Parameter(th.ones(3))]) is None
+    assert sb3_npg.fast.critic.fused_adam_step(optimizer, parameters) is not None
+    assert sb3_npg.fast.critic.fused_adam_step(optimizer, [nn.Parameter(th.ones(3))]) is None
     # AdamW goes through torch's adam function where that function does decoupled weight decay (torch >= 2.7)
     optimizer = th.optim.AdamW(parameters, fused=True)
     optimizer.step()
     decoupled_in_adam = "decoupled_weight_decay" in optimizer.param_groups[0]
-    assert (sb3_npg.critic.fused_adam_step(optimizer, parameters) is not None) == decoupled_in_adam
+    assert (sb3_npg.fast.critic.fused_adam_step(optimizer, parameters) is not None) == decoupled_in_adam
 
 
 def fit_twice(model: NPG, observations, returns: th.Tensor, start: dict[str, th.Tensor]) -> list[th.Tensor]:
@@ -328,14 +328,14 @@ def test_fused_adam_fallback_gives_the_same_critic(monkeypatch) -> None:
     collect(model)
     observations, _, _, returns = batch_tensors(model)
     start = {name: value.clone() for name, value in model.policy.state_dict().items()}
-    assert sb3_npg.critic.functional_adam_supported()  # this torch: the fast path is real
+    assert sb3_npg.fast.critic.functional_adam_supported()  # this torch: the fast path is real
 
     fast = fit_twice(model, observations, returns, start)
-    assert sb3_npg.critic.fused_adam_step(model.policy.optimizer, critic_parameters(model)) is not None
+    assert sb3_npg.fast.critic.fused_adam_step(model.policy.optimizer, critic_parameters(model)) is not None
 
-    monkeypatch.setattr(sb3_npg.critic, "functional_adam_supported", lambda: False)
+    monkeypatch.setattr(sb3_npg.fast.critic, "functional_adam_supported", lambda: False)
     fallback = fit_twice(model, observations, returns, start)
-    assert sb3_npg.critic.fused_adam_step(model.policy.optimizer, critic_parameters(model)) is None
+    assert sb3_npg.fast.critic.fused_adam_step(model.policy.optimizer, critic_parameters(model)) is None
     for fast_p, fallback_p in zip(fast, fallback, strict=True):
         th.testing.assert_close(fast_p, fallback_p, rtol=1e-5, atol=1e-6)
 
@@ -352,9 +352,9 @@ def test_functional_adam_feature_test_rejects_a_changed_signature(monkeypatch) -
         raise AssertionError("must not be called")
 
     for changed in (adam_with_new_argument, adam_without_maximize):
-        monkeypatch.setattr(sb3_npg.critic, "_functional_adam", changed)
-        sb3_npg.critic.functional_adam_supported.cache_clear()
+        monkeypatch.setattr(sb3_npg.fast.critic, "_functional_adam", changed)
+        sb3_npg.fast.critic.functional_adam_supported.cache_clear()
         try:
-            assert not sb3_npg.critic.functional_adam_supported()
+            assert not sb3_npg.fast.critic.functional_adam_supported()
         finally:
-            sb3_npg.critic.functional_adam_supported.cache_clear()
+            sb3_npg.fast.critic.functional_adam_supported.cache_clear()

@@ -4,13 +4,14 @@ Hand-derived forward, Jacobian-vector and vector-Jacobian products for SB3's MLP
 SB3's ``MlpPolicy`` builds each head as ``Linear -> activation -> ... -> Linear``. For such a chain
 the products with its Jacobian (with respect to its weights) are a few matrix products on the cached
 activations, with none of autograd's per-node overhead, which dominates on networks this small.
-``sb3_npg.fisher`` uses them for the Fisher-vector product of the actor and ``sb3_npg.npg`` for the
-critic's regression; anything else (CNNs, custom layers) takes the generic autograd path.
+:mod:`sb3_npg.fast.mlp_jacobian` uses them for the Fisher-vector product of the actor and :mod:`sb3_npg.fast.critic`
+for the critic's regression; anything else (CNNs, custom layers) takes the generic autograd path.
 
 The ``Tanh`` and ``ReLU`` derivatives are applied by torch's own backward kernels (``aten::tanh_backward``,
 ``aten::threshold_backward``), one fused kernel each instead of forming the derivative and multiplying. Those
 operators are internal to torch: :func:`fused_activation_kernels_supported` checks them once per process against
-the public formula, which is used where they are missing or differ.
+the public formula, which is used where they are missing or differ. Kept exact by tests/test_jacobian.py (every
+product against autograd's, with and without the fused kernels).
 """
 
 import functools
