@@ -21,6 +21,9 @@ Outputs: ``benchmarks/results/heldout/stats.md``, ``stats.json`` and ``performan
 
     python benchmarks/heldout_stats.py                  # after each new held-out run (2-3 minutes on 1 busy core)
     python benchmarks/heldout_stats.py --reps 2000      # quicker, coarser intervals
+    python benchmarks/heldout_stats.py --npg-results benchmarks/results/heldout/variants/trpo_equivalent/rewards.jsonl \
+        benchmarks/results/variants/trpo_equivalent/rewards.jsonl --out-dir benchmarks/results/heldout/variants/trpo_equivalent
+                                                        # an NPG variant against the same TRPO runs
 
 rliable 1.2 bootstraps with ``arch`` and passes it ``random_state``, which arch 8 no longer accepts, and
 arch 7 does not import with pandas 3: the ``benchmarks`` extra pins ``arch<8`` and ``pandas<3``. The bootstrap
@@ -76,7 +79,14 @@ def scores_by_cell(
     for env in envs:
         cells[env] = {}
         for algo in algos:
-            runs = [run for run in grouped.get((env, algo), []) if seeds is None or run["seed"] in seeds]
+            # a variant's runs (labelled ``npg[KEY:VALUE,...]``, their overrides per env) count as their algorithm's
+            runs = [
+                run
+                for (group_env, group_label), group in grouped.items()
+                if group_env == env and group_label.split("[")[0] == algo
+                for run in group
+                if seeds is None or run["seed"] in seeds
+            ]
             stale += sum(not is_current(run) for run in runs)
             cells[env][algo] = [run for run in runs if is_current(run)]
     return cells, stale
@@ -244,6 +254,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap replications (default: %(default)s)")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="numpy seed of every bootstrap (default: 0)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=None, help="default: the held-out results file's folder")
+    parser.add_argument(
+        "--npg-results",
+        nargs="+",
+        type=pathlib.Path,
+        default=None,
+        metavar="FILE",
+        help="NPG runs of a variant (results files of `rewards.py --hyperparams ...`, held-out and tuning seeds) in\n"
+        "place of the shipped entries' NPG runs; the other algorithms' runs stay",
+    )
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error(f"--reps must be >= 1, got {args.reps}")
@@ -255,7 +274,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sources = {"held-out": (args.heldout, heldout_seeds), "tuning": (args.tuning, tuning_seeds)}
     sets, report_sets = {}, {}
     for name, (path, seeds) in sources.items():
-        cells, stale = scores_by_cell(read_jsonl(path), args.envs, args.algos, seeds)
+        runs = read_jsonl(path)
+        if args.npg_results is not None:
+            runs = [run for run in runs if run["algo"] != "npg"] + [
+                run for file in args.npg_results for run in read_jsonl(file)
+            ]
+        cells, stale = scores_by_cell(runs, args.envs, args.algos, seeds)
         sets[name] = cells
         report_sets[name] = {
             "source": str(path.resolve().relative_to(HERE.parent) if path.resolve().is_relative_to(HERE.parent) else path),
