@@ -333,7 +333,8 @@ def test_untrusted_paths_refuse_below_safe_torch(saved_model: tuple[NPG, pathlib
     parameters = {key: value.clone() for key, value in target.policy.state_dict().items()}
     file_before = (path.read_bytes(), path.stat().st_mtime_ns)
     version = rf"torch {re.escape(th.__version__)} is installed.*CVE-2025-32434.*CVE-2026-24747.*torch>=2.10"
-    with pytest.raises(UnsafeTorchError, match=rf"NPG.load\(path, trusted=False\) refused: {version}.*trusted=True") as refused:
+    load_refused = rf"NPG.load\(path, trusted=False\) refused: {version}.*trusted=True"
+    with pytest.raises(UnsafeTorchError, match=load_refused) as refused:
         NPG.load(path, env=toy_env(), trusted=False)
     assert str(refused.value).endswith(f"or, for a file you trust, {trusted_load('NPG')}."), str(refused.value)
     with pytest.raises(UnsafeTorchError, match=rf"NPG.set_parameters\(path\) refused: {version}.*trusted=True"):
