@@ -71,13 +71,16 @@ def policy_parameters(model: NPG) -> th.Tensor:
 
 
 def observations_of(kind: str, n: int = 8) -> np.ndarray:
-    space = make_model_space(kind)
-    space.seed(1)
-    return np.stack([space.sample() for _ in range(n)])
-
-
-def make_model_space(kind: str) -> spaces.Space:
-    return InvalidActionEnvDiscrete(dim=4).observation_space if kind == "maskable" else make_env("npg").observation_space
+    """``n`` observations the environment returns (a seeded reset, then random actions). Not samples of the observation
+    space: gymnasium 0.29's CartPole bounds its velocities by the float32 maximum, and a uniform sample (~1e38)
+    overflows any network to inf and NaN."""
+    env = make_env(kind, seed=1)
+    env.action_space.seed(1)
+    observations = [env.reset()]
+    while len(observations) < n:
+        observations.append(env.step(np.array([env.action_space.sample()]))[0])
+    env.close()
+    return np.concatenate(observations)
 
 
 def deterministic_actions(model: NPG, observations: np.ndarray) -> np.ndarray:
