@@ -38,7 +38,7 @@ from sb3_npg.save_load.archive import (
     read_save_file,
 )
 from sb3_npg.save_load.parameters import check_state_dict, optimizer_state_fits, read_parameters
-from sb3_npg.save_load.untrusted import require_safe_torch, trust_hint, untrusted_load_arguments
+from sb3_npg.save_load.untrusted import require_safe_torch, trust_hint, trusted_load, untrusted_load_arguments
 
 SelfNPG = TypeVar("SelfNPG", bound="NPGBase")
 
@@ -209,7 +209,7 @@ class NPGBase(OnPolicyAlgorithm):
         if not valid_num_threads(kwargs.get("num_threads")):
             raise ValueError(f"Invalid num_threads={kwargs['num_threads']!r}: {NUM_THREADS_ALLOWED}")
         if not trusted:
-            require_safe_torch(f"{cls.__name__}.load(path, trusted=False)", trust_hint(cls.__name__))
+            require_safe_torch(f"{cls.__name__}.load(path, trusted=False)", trusted_load(cls.__name__))
         save_file = read_save_file(path)
         check_saved_by_npg(save_file, cls.__name__, recurrent=loads_recurrent_policies(cls))
         if trusted:

@@ -8,7 +8,7 @@ first non-finite value raises :class:`NonFiniteError`, before it reaches a ``Vec
 rollout buffer or a gradient, so the weights never become NaN; ``NPG.learn`` adds the timestep to the message.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -65,7 +65,8 @@ class FiniteCheck(VecEnv):
     ``set_attr``, ``env_method``, ``env_is_wrapped``, ``seed``, ``set_options``, ``render``, ``get_images``,
     ``close``), ``unwrapped``, and the attributes ``venv`` has (``envs``, ``remotes``, ...) behave exactly as on ``venv``.
     ``has_attr`` in particular must reach ``venv``'s own: ``VecEnv``'s default calls ``get_attr``, and an attribute
-    missing in a ``SubprocVecEnv`` worker kills the worker (sb3-contrib's masking check asks ``has_attr``).
+    missing in a ``SubprocVecEnv`` worker kills the worker (sb3-contrib's masking check asks ``has_attr``); where
+    ``venv`` has no ``has_attr`` (SB3 below 2.6, whose sb3-contrib asks ``get_attr``), the check has none either.
 
     It is not a ``VecEnvWrapper`` (nor a ``VecCheckNan``, which is one) on purpose: SB3's
     ``sync_envs_normalization`` (``EvalCallback`` with ``VecNormalize``) walks the wrappers of the training and
@@ -134,8 +135,10 @@ class FiniteCheck(VecEnv):
     def get_images(self) -> Sequence[np.ndarray | None]:
         return self.venv.get_images()
 
-    def has_attr(self, attr_name: str) -> bool:
-        return self.venv.has_attr(attr_name)
+    @property
+    def has_attr(self) -> Callable[[str], bool]:
+        """``venv``'s own ``has_attr``; like ``venv``, none (``AttributeError``) where its SB3 has none (below 2.6)."""
+        return self.venv.has_attr
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         return self.venv.get_attr(attr_name, indices)

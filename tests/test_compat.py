@@ -28,8 +28,10 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecNormalize
 from torch import nn
 
 from sb3_npg import NPG, MaskableNPG, RecurrentNPG
+from sb3_npg.save_load import UnsafeTorchError
 from sb3_npg.zoo import check_hyperparameters
 from tests.envs import MaskedToyEnv, ToyEnv, image_space
+from tests.torch_safety import TRUSTED_MODES, below_safe_torch
 
 #: kind -> (class, its MlpPolicy)
 ALGORITHMS: dict[str, tuple[type[NPG], str]] = {
@@ -69,13 +71,16 @@ def policy_parameters(model: NPG) -> th.Tensor:
 
 
 def observations_of(kind: str, n: int = 8) -> np.ndarray:
-    space = make_model_space(kind)
-    space.seed(1)
-    return np.stack([space.sample() for _ in range(n)])
-
-
-def make_model_space(kind: str) -> spaces.Space:
-    return InvalidActionEnvDiscrete(dim=4).observation_space if kind == "maskable" else make_env("npg").observation_space
+    """``n`` observations the environment returns (a seeded reset, then random actions). Not samples of the observation
+    space: gymnasium 0.29's CartPole bounds its velocities by the float32 maximum, and a uniform sample (~1e38)
+    overflows any network to inf and NaN."""
+    env = make_env(kind, seed=1)
+    env.action_space.seed(1)
+    observations = [env.reset()]
+    while len(observations) < n:
+        observations.append(env.step(np.array([env.action_space.sample()]))[0])
+    env.close()
+    return np.concatenate(observations)
 
 
 def deterministic_actions(model: NPG, observations: np.ndarray) -> np.ndarray:
@@ -265,7 +270,7 @@ def test_policy_deep_copies_and_pickles(kind: str, tmp_path: Path) -> None:
     observations = observations_of(kind)
     assert_copies(model, observations)
     model.save(tmp_path / "model.zip")
-    for trusted in (True, False):
+    for trusted in TRUSTED_MODES:
         loaded = type(model).load(tmp_path / "model.zip", env=make_env(kind), trusted=trusted)
         assert_copies(loaded, observations)
     model.learn(N_STEPS)
@@ -282,12 +287,31 @@ def test_save_load_round_trip_predicts_the_same_and_continues(kind: str, tmp_pat
     model = make_model(kind).learn(N_STEPS)
     observations = observations_of(kind)
     model.save(tmp_path / "model")
-    for trusted in (True, False):
+    for trusted in TRUSTED_MODES:
         loaded = type(model).load(tmp_path / "model.zip", env=make_env(kind), trusted=trusted)
         np.testing.assert_array_equal(deterministic_actions(loaded, observations), deterministic_actions(model, observations))
         assert loaded.num_timesteps == N_STEPS
         loaded.learn(N_STEPS, reset_num_timesteps=False)
         assert loaded.num_timesteps == 2 * N_STEPS and loaded._n_updates == 2
+
+
+@below_safe_torch
+@pytest.mark.parametrize("kind", KINDS)
+def test_untrusted_load_refuses_below_safe_torch(kind: str, tmp_path: Path) -> None:
+    """Below torch 2.10 ``load(trusted=False)`` refuses, naming the class, the version and how to load a trusted file
+    (which then loads it)."""
+    model = make_model(kind)
+    model.save(tmp_path / "model.zip")
+    name = type(model).__name__
+    with pytest.raises(UnsafeTorchError) as refused:
+        type(model).load(tmp_path / "model.zip", env=make_env(kind), trusted=False)
+    message = str(refused.value)
+    assert message.startswith(f"{name}.load(path, trusted=False) refused: torch {th.__version__} is installed"), message
+    assert message.endswith(f"{name}.load(path, trusted=True) (sb3_npg.enjoy / record_video: --trusted)."), message
+    loaded = type(model).load(tmp_path / "model.zip", env=make_env(kind), trusted=True)
+    np.testing.assert_array_equal(
+        deterministic_actions(loaded, observations_of(kind)), deterministic_actions(model, observations_of(kind))
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -31,6 +31,7 @@ from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 from tests.dense import dense_kl_hessian, dense_scores, distribution_of, flat_actor
 from tests.envs import MaskedToyEnv, ToyEnv, random_mask
 from tests.helpers import assert_close_in_norm, perturb, tiny_model
+from tests.torch_safety import UNTRUSTED_LOAD
 
 ACTION_SPACES = {
     "discrete": spaces.Discrete(4),
@@ -304,7 +305,7 @@ def test_action_masker_and_eval_callback(tmp_path: pathlib.Path) -> None:
     assert callback.n_calls == 128 and (tmp_path / "evaluations.npz").exists()
 
 
-@pytest.mark.parametrize("trusted", [True, False])
+@pytest.mark.parametrize("trusted", [True, UNTRUSTED_LOAD])
 @pytest.mark.parametrize("action_space", list(ACTION_SPACES))
 def test_save_load_round_trip(tmp_path: pathlib.Path, action_space: str, trusted: bool) -> None:
     model = tiny_masked_model(action_space, n_steps=32)

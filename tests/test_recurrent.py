@@ -27,6 +27,7 @@ from sb3_npg.kl import action_distribution, mean_summed_kl
 from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 from sb3_npg.recurrent import SequenceBatch
 from tests.dense import actor_names, flat_actor
+from tests.torch_safety import UNTRUSTED_LOAD
 
 POLICY_KWARGS = dict(lstm_hidden_size=4, net_arch=[])
 
@@ -214,7 +215,7 @@ def test_gsde_with_lstm_runs() -> None:
     assert 0 < model.logger.name_to_value["train/kl_divergence"] < 0.02
 
 
-@pytest.mark.parametrize("trusted", [True, False])
+@pytest.mark.parametrize("trusted", [True, UNTRUSTED_LOAD])
 def test_save_load_keeps_predictions_and_states(tmp_path, trusted: bool) -> None:
     model = trained_model("CartPole-v1")
     model.save(tmp_path / "model.zip")
@@ -299,7 +300,7 @@ def test_cnn_lstm_policy_learns_on_images() -> None:
     assert states[0].shape == (1, 1, 8)
 
 
-@pytest.mark.parametrize("trusted", [True, False])
+@pytest.mark.parametrize("trusted", [True, UNTRUSTED_LOAD])
 def test_load_with_the_wrong_npg_class_names_the_right_one(tmp_path, trusted: bool) -> None:
     recurrent = RecurrentNPG("MlpLstmPolicy", "CartPole-v1", n_steps=16, batch_size=16, policy_kwargs=POLICY_KWARGS)
     recurrent.save(tmp_path / "recurrent.zip")

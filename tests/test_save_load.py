@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import stat
 import sys
 import warnings
@@ -35,6 +36,7 @@ from sb3_npg.save_load import (
     untrusted_files_supported,
 )
 from sb3_npg.save_load.archive import SERIALIZED, is_pickled
+from sb3_npg.save_load.untrusted import trusted_load
 from tests.envs import ACTION_SPACES, image_space
 from tests.helpers import TINY, observations_for, toy_env
 from tests.torch_safety import SAFE_TORCH, below_safe_torch, needs_safe_torch
@@ -309,10 +311,17 @@ def test_safe_torch_version_is_judged_as_a_version() -> None:
     for version in ("2.10.0", "2.10.0+cpu", "2.13.0", "3.0.0"):
         assert untrusted_files_supported(version), version
     with pytest.raises(UnsafeTorchError) as refused:
-        require_safe_torch("NPG.load(path, trusted=False)", "load it with NPG.load(path, trusted=True)", torch_version="2.4.0")
+        require_safe_torch("NPG.load(path, trusted=False)", trusted_load("NPG"), torch_version="2.4.0")
     for part in ("torch 2.4.0 is installed", "CVE-2025-32434", "torch <= 2.5.1", "CVE-2026-24747", "torch < 2.10"):
         assert part in str(refused.value), part
-    assert "pip install 'torch>=2.10'" in str(refused.value) and "NPG.load(path, trusted=True)" in str(refused.value)
+    # one sentence ending in one period: the upgrade, then how to load a trusted file
+    assert str(refused.value).endswith(
+        "Upgrade torch (pip install 'torch>=2.10'), or, for a file you trust, load it with NPG.load(path, trusted=True) "
+        "(sb3_npg.enjoy / record_video: --trusted)."
+    ), str(refused.value)
+    with pytest.raises(UnsafeTorchError) as refused:
+        require_safe_torch("Loading", "pass --trusted.", torch_version="2.4.0")
+    assert str(refused.value).endswith("or, for a file you trust, pass --trusted.") and ".." not in str(refused.value)
     require_safe_torch("NPG.load(path, trusted=False)", "...", torch_version="2.10.0")  # no error
 
 
@@ -322,9 +331,11 @@ def test_untrusted_paths_refuse_below_safe_torch(saved_model: tuple[NPG, pathlib
     target = NPG("MlpPolicy", toy_env(), **{**TINY, "seed": 1, "policy_kwargs": model.policy_kwargs})
     parameters = {key: value.clone() for key, value in target.policy.state_dict().items()}
     file_before = (path.read_bytes(), path.stat().st_mtime_ns)
-    version = rf"torch {th.__version__} is installed.*CVE-2025-32434.*CVE-2026-24747.*torch>=2.10"
-    with pytest.raises(UnsafeTorchError, match=rf"NPG.load\(path, trusted=False\) refused: {version}.*trusted=True"):
+    version = rf"torch {re.escape(th.__version__)} is installed.*CVE-2025-32434.*CVE-2026-24747.*torch>=2.10"
+    load_refused = rf"NPG.load\(path, trusted=False\) refused: {version}.*trusted=True"
+    with pytest.raises(UnsafeTorchError, match=load_refused) as refused:
         NPG.load(path, env=toy_env(), trusted=False)
+    assert str(refused.value).endswith(f"or, for a file you trust, {trusted_load('NPG')}."), str(refused.value)
     with pytest.raises(UnsafeTorchError, match=rf"NPG.set_parameters\(path\) refused: {version}.*trusted=True"):
         target.set_parameters(path)
     with pytest.raises(UnsafeTorchError, match=version):

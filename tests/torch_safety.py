@@ -19,5 +19,12 @@ below_safe_torch = pytest.mark.skipif(
     SAFE_TORCH, reason=f"torch {th.__version__} >= {SAFE_TORCH_VERSION}: the untrusted paths run (tested by the other tests)"
 )
 
+TRUSTED_MODES = (True, False) if SAFE_TORCH else (True,)
+"""The ``trusted`` values ``load`` reads a file with on the installed torch (below the safe torch, ``trusted=False``
+refuses: the *_below_safe_torch tests)."""
+
+UNTRUSTED_LOAD = pytest.param(False, marks=needs_safe_torch)
+"""``trusted=False`` as a parameter of a load test: skipped below the safe torch, where the refusal is tested instead."""
+
 OWN_AGENT_FLAGS = [] if SAFE_TORCH else ["--trusted"]
 """Flags for enjoy on an agent a test trained itself: below the safe torch the safe path refuses, the agent is trusted."""

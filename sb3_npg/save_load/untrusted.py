@@ -85,12 +85,14 @@ ALLOWED_POLICY_OBJECTS: dict[str, Any] = {
 }
 
 
+def trusted_load(algorithm_name: str) -> str:
+    """How to load a file whose source is trusted, as a clause (``"load it with NPG.load(path, trusted=True) ..."``)."""
+    return f"load it with {algorithm_name}.load(path, trusted=True) (sb3_npg.enjoy / record_video: --trusted)"
+
+
 def trust_hint(algorithm_name: str) -> str:
     """The sentence that tells how to load a file the safe path cannot read, if its source is trusted."""
-    return (
-        f"If you trust this file (it runs code when unpickled), load it with {algorithm_name}.load(path, trusted=True) "
-        "(sb3_npg.enjoy / record_video: --trusted)."
-    )
+    return f"If you trust this file (it runs code when unpickled), {trusted_load(algorithm_name)}."
 
 
 class UnsafeTorchError(UntrustedLoadError):
@@ -111,7 +113,8 @@ def require_safe_torch(what: str, trusted_alternative: str, torch_version: str |
     Refuse an untrusted path on a torch below :data:`SAFE_TORCH_VERSION`, before any file is read.
 
     :param what: what is refused, for the message (e.g. ``"NPG.load(path, trusted=False)"``)
-    :param trusted_alternative: how to read a file the user trusts, for the message
+    :param trusted_alternative: how to read a file the user trusts, as a clause that ends the message's sentence (a
+        final period is dropped)
     :param torch_version: the torch version to judge (``None``: the installed torch's)
     :raises UnsafeTorchError: (a ``ValueError``) naming the version found, the advisories and the fixes
     """
@@ -121,7 +124,7 @@ def require_safe_torch(what: str, trusted_alternative: str, torch_version: str |
             f"{what} refused: torch {version} is installed, and reading a file from a stranger rests on its "
             f"torch.load(weights_only=True), which has published advisories below torch {SAFE_TORCH_VERSION}: "
             f"{'; '.join(TORCH_ADVISORIES)}. Upgrade torch (pip install 'torch>={SAFE_TORCH_VERSION}'), or, for a "
-            f"file you trust, {trusted_alternative}."
+            f"file you trust, {trusted_alternative.rstrip('.')}."
         )
 
 
