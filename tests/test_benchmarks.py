@@ -30,6 +30,7 @@ import diagnose_collapse  # noqa: E402
 import heldout_stats  # noqa: E402
 import probe_policy  # noqa: E402
 import rewards  # noqa: E402
+import train_time  # noqa: E402
 import zoo_run  # noqa: E402
 
 
@@ -157,6 +158,26 @@ def test_heldout_statistics_on_a_tiny_results_file(tmp_path: pathlib.Path, resul
     assert "| Hopper-v5 | **3** [" in table and "| Walker2d-v5 | **10** (one seed: no interval)" in table
     assert (tmp_path / "out" / "performance_profiles.png").stat().st_size > 10_000
     assert heldout_stats.main(argv)["sets"] == report["sets"]
+
+
+def test_train_time_compares_only_the_runs_recorded_since_the_date_and_only_envs_with_both(tmp_path: pathlib.Path) -> None:
+    results = tmp_path / "runs.jsonl"
+    lines = [
+        result_line("npg", "Ant-v5", 4, 1800.0, train_time_s=800.0, date="2026-12-02T01:00:00+00:00"),
+        result_line("npg", "Ant-v5", 5, 1700.0, train_time_s=600.0, date="2026-12-02T01:20:00+00:00"),
+        result_line("trpo", "Ant-v5", 5, 500.0, train_time_s=1500.0, date="2026-12-02T01:30:00+00:00"),
+        result_line("trpo", "Ant-v5", 4, 400.0, train_time_s=1300.0, date="2026-12-02T01:10:00+00:00"),
+        # an earlier run (other load: left out) and an env with one algorithm only (no row)
+        result_line("trpo", "Ant-v5", 3, 441.0, train_time_s=9999.0, date="2026-12-01T23:45:00+00:00"),
+        result_line("npg", "Swimmer-v5", 4, 116.0, train_time_s=300.0, date="2026-12-02T01:40:00+00:00"),
+    ]
+    results.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "train_time.md"
+    text = train_time.main(["--results", str(results), "--since", "2026-12-02", "--out", str(out)])
+    assert out.read_text() == text
+    rows = [line for line in text.splitlines() if line.startswith("| Ant-v5")]
+    assert rows == ["| Ant-v5 | 4, 5 | 800 / 600 | 1300 / 1500 | 700 / 1400 | 0.50 | 1800 / 1700 | 400 / 500 |"]
+    assert "Swimmer-v5" not in text.split("|---|")[-1]
 
 
 def test_heldout_statistics_reject_a_bad_number_of_replications(results_files: tuple[pathlib.Path, ...]) -> None:
