@@ -30,6 +30,7 @@ import diagnose_collapse  # noqa: E402
 import heldout_stats  # noqa: E402
 import probe_policy  # noqa: E402
 import rewards  # noqa: E402
+import same_update  # noqa: E402
 import train_time  # noqa: E402
 import zoo_run  # noqa: E402
 
@@ -178,6 +179,61 @@ def test_train_time_compares_only_the_runs_recorded_since_the_date_and_only_envs
     rows = [line for line in text.splitlines() if line.startswith("| Ant-v5")]
     assert rows == ["| Ant-v5 | 4, 5 | 800 / 600 | 1300 / 1500 | 700 / 1400 | 0.50 | 1800 / 1700 | 400 / 500 |"]
     assert "Swimmer-v5" not in text.split("|---|")[-1]
+
+
+def write_update_log(path: pathlib.Path, rows: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_same_update_sets_npg_beside_trpo_in_per_dimension_kl_and_tests_over_the_seeds(tmp_path: pathlib.Path) -> None:
+    npg_results, trpo_results = tmp_path / "npg" / "rewards.jsonl", tmp_path / "trpo" / "rewards.jsonl"
+    npg_lines, trpo_lines = [], []
+    for seed in (4, 5, 6):
+        # NPG logs the KL summed over 3 dimensions (target 0.03), TRPO the mean (target 0.01)
+        npg_rows = [
+            {
+                "target_kl": 0.03,
+                "train/kl_divergence": 0.018 + 0.003 * seed,
+                "train/value_loss": 0.5,
+                "train/explained_variance": 0.9,
+                "train/advantage_std": 0.1,
+                "rollout/ep_rew_mean": 10.0 * update,
+            }
+            for update in range(1, 201)
+        ]
+        trpo_rows = [
+            {
+                "target_kl": 0.01,
+                "train/kl_divergence_loss": 0.006,
+                "train/value_loss": 0.25,
+                "train/explained_variance": 0.95,
+                "train/advantage_std": 0.2,
+                "rollout/ep_rew_mean": 20.0 * update,
+            }
+            for update in range(1, 201)
+        ]
+        write_update_log(npg_results.parent / "updates" / f"{seed}.csv.gz", npg_rows)
+        write_update_log(trpo_results.parent / "updates" / f"{seed}.csv.gz", trpo_rows)
+        npg_lines.append(result_line("npg", "Hopper-v5", seed, 1000.0 + seed, update_log=f"updates/{seed}.csv.gz"))
+        trpo_lines.append(result_line("trpo", "Hopper-v5", seed, 3000.0 + seed, update_log=f"updates/{seed}.csv.gz"))
+    trpo_lines.append(result_line("trpo", "Hopper-v5", 3, 3000.0))  # no log: left out
+    npg_results.write_text("\n".join(npg_lines) + "\n")
+    trpo_results.write_text("\n".join(trpo_lines) + "\n")
+    out = tmp_path / "per_update.md"
+    text = same_update.main(
+        ["--npg-results", str(npg_results), "--trpo-results", str(trpo_results), "--envs", "Hopper-v5", "--out", str(out)]
+    )
+    assert out.read_text() == text and "action dimension 3" in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| 4 |") or line.startswith("| 5 |")]
+    assert [row[1] for row in rows] == ["NPG", "TRPO", "NPG", "TRPO"]
+    assert rows[0][3] == "0.01000" and rows[2][3] == "0.01100" and rows[1][3] == "0.00600"  # per dimension
+    assert rows[0][5] == "1.00" and rows[1][5] == "0.60"  # KL / target
+    assert rows[0][9] == "1505" and rows[1][9] == "3010"  # mean of the last 100 updates' training returns
+    assert "NPG below TRPO on 3 of 3 seeds" in text and "seed | algorithm" in text and "| 3 |" not in text
 
 
 def test_heldout_statistics_reject_a_bad_number_of_replications(results_files: tuple[pathlib.Path, ...]) -> None:
