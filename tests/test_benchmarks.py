@@ -161,24 +161,30 @@ def test_heldout_statistics_on_a_tiny_results_file(tmp_path: pathlib.Path, resul
     assert heldout_stats.main(argv)["sets"] == report["sets"]
 
 
-def test_train_time_compares_only_the_runs_recorded_since_the_date_and_only_envs_with_both(tmp_path: pathlib.Path) -> None:
+def test_train_time_compares_only_the_runs_recorded_since_the_date_and_subtracts_the_pauses(tmp_path: pathlib.Path) -> None:
     results = tmp_path / "runs.jsonl"
     lines = [
-        result_line("npg", "Ant-v5", 4, 1800.0, train_time_s=800.0, date="2026-12-02T01:00:00+00:00"),
-        result_line("npg", "Ant-v5", 5, 1700.0, train_time_s=600.0, date="2026-12-02T01:20:00+00:00"),
-        result_line("trpo", "Ant-v5", 5, 500.0, train_time_s=1500.0, date="2026-12-02T01:30:00+00:00"),
-        result_line("trpo", "Ant-v5", 4, 400.0, train_time_s=1300.0, date="2026-12-02T01:10:00+00:00"),
+        result_line("npg", "Ant-v5", 4, 1800.0, train_time_s=800.0, run_time_s=810.0, date="2026-12-02T01:00:00+00:00"),
+        result_line("npg", "Ant-v5", 5, 1700.0, train_time_s=600.0, run_time_s=610.0, date="2026-12-02T01:20:00+00:00"),
+        result_line("trpo", "Ant-v5", 5, 500.0, train_time_s=1500.0, run_time_s=1510.0, date="2026-12-02T01:30:00+00:00"),
+        result_line("trpo", "Ant-v5", 4, 400.0, train_time_s=1300.0, run_time_s=1310.0, date="2026-12-02T01:10:00+00:00"),
         # an earlier run (other load: left out) and an env with one algorithm only (no row)
-        result_line("trpo", "Ant-v5", 3, 441.0, train_time_s=9999.0, date="2026-12-01T23:45:00+00:00"),
-        result_line("npg", "Swimmer-v5", 4, 116.0, train_time_s=300.0, date="2026-12-02T01:40:00+00:00"),
+        result_line("trpo", "Ant-v5", 3, 441.0, train_time_s=9999.0, run_time_s=9999.0, date="2026-12-01T23:45:00+00:00"),
+        result_line("npg", "Swimmer-v5", 4, 116.0, train_time_s=300.0, run_time_s=310.0, date="2026-12-02T01:40:00+00:00"),
     ]
     results.write_text("\n".join(lines) + "\n")
+    # one 100 s pause inside NPG seed 4's run (00:46:30-01:00) and TRPO seed 4's (00:48:10-01:10); none in the others
+    pauses = tmp_path / "pauses.txt"
+    pauses.write_text("2026-12-02T00:50:00 paused (1 2) for: x\n2026-12-02T00:51:40 resumed (1 2)\n")
     out = tmp_path / "train_time.md"
-    text = train_time.main(["--results", str(results), "--since", "2026-12-02", "--out", str(out)])
+    argv = ["--results", str(results), "--since", "2026-12-02", "--out", str(out)]
+    text = train_time.main(argv)
     assert out.read_text() == text
     rows = [line for line in text.splitlines() if line.startswith("| Ant-v5")]
-    assert rows == ["| Ant-v5 | 4, 5 | 800 / 600 | 1300 / 1500 | 700 / 1400 | 0.50 | 1800 / 1700 | 400 / 500 |"]
+    assert rows == ["| Ant-v5 | 4, 5 | 800 / 600 | 1300 / 1500 | 700 / 1400 | 0.50 | 1800 / 1700 | 400 / 500 | 0 |"]
     assert "Swimmer-v5" not in text.split("|---|")[-1]
+    rows = [line for line in train_time.main([*argv, "--pauses", str(pauses)]).splitlines() if line.startswith("| Ant-v5")]
+    assert rows == ["| Ant-v5 | 4, 5 | 700 / 600 | 1200 / 1500 | 650 / 1350 | 0.48 | 1800 / 1700 | 400 / 500 | 200 |"]
 
 
 def write_update_log(path: pathlib.Path, rows: list[dict[str, float]]) -> None:
