@@ -283,6 +283,7 @@ def test_dict_observations_run() -> None:
 def test_cnn_lstm_policy_learns_on_images() -> None:
     """CnnLstmPolicy on a tiny image env (channel-last, so SB3 transposes it): both CNNs and LSTMs move, KL near target."""
     env = FakeImageEnv(screen_height=36, screen_width=36, n_channels=1, discrete=True)
+    env.observation_space.seed(0)  # its images are samples of its observation space, which the model's seed does not seed
     policy_kwargs = dict(lstm_hidden_size=8, features_extractor_kwargs=dict(features_dim=16), share_features_extractor=False)
     model = RecurrentNPG("CnnLstmPolicy", env, n_steps=16, batch_size=16, seed=0, policy_kwargs=policy_kwargs)
     assert type(model.policy) is CnnLstmPolicy and isinstance(model.get_env(), VecTransposeImage)
