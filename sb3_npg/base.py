@@ -131,10 +131,10 @@ class NPGBase(OnPolicyAlgorithm):
 
         It runs with :attr:`learn_threads` torch threads and gives the caller's ``torch.get_num_threads()`` back
         when it returns or raises; with ``num_threads=None`` a large network's batch products may run at the
-        caller's count when timed faster (:mod:`sb3_npg.fast.threads`). An error raised by the environment reaches the caller unchanged and leaves the
-        model ready for another ``learn`` (after ``set_env`` with a working environment); the progress bar is
-        closed. A NaN or inf from the environment raises :class:`~sb3_npg.env_checks.NonFiniteError` naming the
-        quantity and the timestep.
+        caller's count when timed faster (:mod:`sb3_npg.fast.threads`). An error raised by the environment reaches
+        the caller unchanged and leaves the model ready for another ``learn`` (after ``set_env`` with a working
+        environment); the progress bar is closed. A NaN or inf from the environment raises
+        :class:`~sb3_npg.env_checks.NonFiniteError` naming the quantity and the timestep.
         """
         # The progress bar is created here, not by SB3, so that it can be closed when training fails
         progress = ProgressBarCallback() if progress_bar else None
