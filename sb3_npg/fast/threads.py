@@ -83,9 +83,10 @@ class ThreadChooser:
 
     multi_threads: int
     kinds: dict[Hashable, KindChoice] = field(default_factory=dict)
-    #: Whether a timed product is running (one inside it is not timed apart)
+    #: The time spent in large products, and what the losing probes cost beyond the one-thread reference
     seconds_spent: float = 0.0
     seconds_lost: float = 0.0
+    #: Whether a timed product is running (one inside it is not timed apart)
     in_product: bool = False
 
     def choose_multi(self, kind: Hashable) -> bool:
