@@ -29,6 +29,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from sb3_npg.env_checks import FiniteCheck, NonFiniteError, with_finite_check
+from sb3_npg.fast.threads import timed_threads
 from sb3_npg.hyperparameters import DEFAULT_NUM_THREADS, NUM_THREADS_ALLOWED, valid_num_threads
 from sb3_npg.save_load.archive import (
     UntrustedLoadError,
@@ -129,15 +130,17 @@ class NPGBase(OnPolicyAlgorithm):
         Train; see SB3's ``OnPolicyAlgorithm.learn``.
 
         It runs with :attr:`learn_threads` torch threads and gives the caller's ``torch.get_num_threads()`` back
-        when it returns or raises. An error raised by the environment reaches the caller unchanged and leaves the
-        model ready for another ``learn`` (after ``set_env`` with a working environment); the progress bar is
-        closed. A NaN or inf from the environment raises :class:`~sb3_npg.env_checks.NonFiniteError` naming the
-        quantity and the timestep.
+        when it returns or raises; with ``num_threads=None`` a large network's batch products may run at the
+        caller's count when timed faster (:mod:`sb3_npg.fast.threads`). An error raised by the environment reaches
+        the caller unchanged and leaves the model ready for another ``learn`` (after ``set_env`` with a working
+        environment); the progress bar is closed. A NaN or inf from the environment raises
+        :class:`~sb3_npg.env_checks.NonFiniteError` naming the quantity and the timestep.
         """
         # The progress bar is created here, not by SB3, so that it can be closed when training fails
         progress = ProgressBarCallback() if progress_bar else None
         try:
-            with torch_threads(self.learn_threads):
+            # timed_threads first: it takes the caller's thread count, for the large products it may run with
+            with timed_threads(enabled=self.num_threads is None), torch_threads(self.learn_threads):
                 return super().learn(
                     total_timesteps=total_timesteps,
                     callback=_with_progress_bar(callback, progress),

@@ -24,7 +24,8 @@ from sb3_npg.fisher import FISHER_BACKENDS
 #: How the step along the natural gradient is scaled (``step_length``)
 STEP_LENGTHS = ("quadratic", "exact")
 #: torch's intra-op thread count in ``learn()`` when ``num_threads`` is ``None``: NPG's tensors are small, and with
-#: more threads each operation waits for every thread (measured in docs/performance.md, "Threads")
+#: more threads each operation waits for every thread (measured in docs/performance.md, "Threads"); only large batch
+#: products may run at the caller's count, when timed faster (:mod:`sb3_npg.fast.threads`)
 DEFAULT_NUM_THREADS = 1
 
 

@@ -107,8 +107,13 @@ class NPG(NPGBase):
     :param num_threads: The number of torch intra-op threads ``learn()`` runs with (rollouts, updates and the
         callbacks called during them); the caller's ``torch.get_num_threads()`` is restored when ``learn()``
         returns or raises. ``None`` (default): 1, the fastest for SB3-sized networks on an idle machine and much
-        faster when other processes share the cores. Set it (e.g. to the number of cores) for large networks
-        (``CnnPolicy``) on an otherwise idle machine. ``predict()`` runs with the caller's setting.
+        faster when other processes share the cores; only the batch products of large MLP heads (256x256 and up,
+        on a batch of thousands of samples or the critic's minibatches) run at the caller's count when timed faster
+        (:mod:`sb3_npg.fast.threads`), which makes two seeded runs with such a network differ by float rounding;
+        SB3-sized networks are unaffected. An int: that many threads for everything, and a seeded run is
+        bit-reproducible (``num_threads=1`` for large networks too). Set it (e.g. to the number of cores) for
+        other large networks (``CnnPolicy``) on an otherwise idle machine. ``predict()`` runs with the caller's
+        setting.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 

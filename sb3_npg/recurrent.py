@@ -135,7 +135,8 @@ class RecurrentNPG(NPG):
     :param seed: Seed for the pseudo random generators
     :param device: Device (cpu, cuda, ...) on which the code should be run.
     :param num_threads: The number of torch intra-op threads ``learn()`` runs with, the caller's setting restored
-        afterwards; ``None`` (default): 1 (see :class:`~sb3_npg.npg.NPG`)
+        afterwards; ``None`` (default): 1, with the large MLP products timed at the caller's count (see
+        :class:`~sb3_npg.npg.NPG`)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 

@@ -26,6 +26,7 @@ from stable_baselines3.common.torch_layers import MlpExtractor
 from torch import nn
 
 from sb3_npg.fast.mlp import LinearChain
+from sb3_npg.fast.threads import large_product
 
 _functional_adam: Callable[..., None] | None
 try:  # internal to torch (see the module docstring): feature-tested before use
@@ -163,15 +164,18 @@ def fit_mlp_critic(
         permutation = th.randperm(n_samples, device=returns.device)
         shuffled_features, shuffled_returns = features[permutation], returns[permutation].unsqueeze(1)
         for start in range(0, n_samples, batch_size):
-            cache = chain.forward(shuffled_features[start : start + batch_size])
-            errors = cache.output - shuffled_returns[start : start + batch_size]
-            losses.append(errors.square().mean())
-            gradients = chain.vjp(cache, errors.mul_(2.0 / errors.numel()))  # the MSE's output gradient
-            if adam_step is not None:
-                adam_step(gradients)
-            else:  # gradients assigned, not accumulated: no zero_grad needed
-                for parameter, gradient in zip(chain.parameters, gradients, strict=True):
-                    parameter.grad = gradient
-                optimizer.step()
-                adam_step = fused_adam_step(optimizer, chain.parameters)
+            minibatch_returns = shuffled_returns[start : start + batch_size]
+            # One product for the thread choice: the minibatch's forward, gradient and update
+            with large_product("critic", minibatch_returns.shape[0], chain.work_per_row):
+                cache = chain.forward(shuffled_features[start : start + batch_size])
+                errors = cache.output - minibatch_returns
+                losses.append(errors.square().mean())
+                gradients = chain.vjp(cache, errors.mul_(2.0 / errors.numel()))  # the MSE's output gradient
+                if adam_step is not None:
+                    adam_step(gradients)
+                else:  # gradients assigned, not accumulated: no zero_grad needed
+                    for parameter, gradient in zip(chain.parameters, gradients, strict=True):
+                        parameter.grad = gradient
+                    optimizer.step()
+                    adam_step = fused_adam_step(optimizer, chain.parameters)
     return th.stack(losses).mean().item()

@@ -11,7 +11,8 @@ The ``Tanh`` and ``ReLU`` derivatives are applied by torch's own backward kernel
 ``aten::threshold_backward``), one fused kernel each instead of forming the derivative and multiplying. Those
 operators are internal to torch: :func:`fused_activation_kernels_supported` checks them once per process against
 the public formula, which is used where they are missing or differ. Kept exact by tests/test_jacobian.py (every
-product against autograd's, with and without the fused kernels).
+product against autograd's, with and without the fused kernels). Inside ``learn()`` with ``num_threads=None`` each
+product over a large batch runs at the torch thread count timed faster for it (:mod:`sb3_npg.fast.threads`).
 """
 
 import functools
@@ -20,6 +21,8 @@ from typing import NamedTuple
 
 import torch as th
 from torch import nn
+
+from sb3_npg.fast.threads import large_product
 
 # Activations applied elementwise: their Jacobian is the diagonal of their derivative
 ELEMENTWISE_ACTIVATIONS = (
@@ -136,6 +139,8 @@ class LinearChain:
         # the products below run without autograd and without a module lookup per call
         self._weights = [linear.weight.detach() for linear, _ in self.layers]
         self._biases = [None if linear.bias is None else linear.bias.detach() for linear, _ in self.layers]
+        #: The multiply-adds of one sample through the linear layers (the size of a product, per row)
+        self.work_per_row = sum(weight.numel() for weight in self._weights)
 
     @classmethod
     def from_modules(cls, modules: Iterable[nn.Module]) -> "LinearChain | None":
@@ -158,6 +163,11 @@ class LinearChain:
 
     def forward(self, inputs: th.Tensor) -> ChainCache:
         """:return: the output and what the products need (no autograd graph is built)"""
+        with large_product("forward", inputs.shape[0], self.work_per_row):
+            return self._forward(inputs)
+
+    def _forward(self, inputs: th.Tensor) -> ChainCache:
+        """:meth:`forward` at the current thread count."""
         layer_inputs, derivatives = [], []
         hidden = inputs.detach()
         for (_, activation), weight, bias in zip(self.layers, self._weights, self._biases, strict=True):
@@ -174,6 +184,11 @@ class LinearChain:
         :param tangents: a direction in weight space, one tensor per entry of ``self.parameters``
         :return: the directional derivative of the output (``J v``)
         """
+        with large_product("jvp", cache.output.shape[0], self.work_per_row):
+            return self._jvp(cache, tangents)
+
+    def _jvp(self, cache: ChainCache, tangents: Sequence[th.Tensor]) -> th.Tensor:
+        """:meth:`jvp` at the current thread count."""
         tangent_iter = iter(tangents)
         output_tangent: th.Tensor | None = None
         for weight, bias, layer_input, derivative in zip(
@@ -206,6 +221,11 @@ class LinearChain:
 
     def vjp(self, cache: ChainCache, output_gradient: th.Tensor) -> list[th.Tensor]:
         """:return: ``J^T u``: the gradient of ``sum(u * output)`` for each entry of ``self.parameters``"""
+        with large_product("vjp", output_gradient.shape[0], self.work_per_row):
+            return self._vjp(cache, output_gradient)
+
+    def _vjp(self, cache: ChainCache, output_gradient: th.Tensor) -> list[th.Tensor]:
+        """:meth:`vjp` at the current thread count."""
         gradients: list[th.Tensor] = []
         deltas = self.backpropagate(cache, output_gradient)
         for bias, layer_input, delta in zip(self._biases, cache.inputs, deltas, strict=True):
