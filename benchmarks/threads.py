@@ -29,6 +29,7 @@ What the machine runs besides is not controlled here: for the ``idle`` setting, 
 
     python benchmarks/threads.py                                   # everything (about 10 minutes on 2 cores)
     python benchmarks/threads.py --workloads npg-cartpole ppo-cartpole --settings idle --steps-scale 0.25
+    python benchmarks/threads.py --workloads npg-halfcheetah --repeats 5         # one workload, median of 5 runs
 
 Results go to ``benchmarks/results/threads.json`` and, as Markdown, ``benchmarks/results/threads.md``.
 """
@@ -167,24 +168,33 @@ def run_workers(workload: str, threads: str, n_runs: int) -> list[dict[str, Any]
     return runs
 
 
-def run(workloads: list[str], settings: list[str]) -> list[dict[str, Any]]:
-    """Every workload in every setting with every thread choice; :return: one record per (setting, workload, threads)."""
-    records = []
+def run(workloads: list[str], settings: list[str], repeats: int = 1) -> list[dict[str, Any]]:
+    """
+    Every workload in every setting with every thread choice, ``repeats`` times (the thread choices' order rotated
+    each time); :return: one record per (setting, workload, threads), with the runs of all repeats.
+    """
+    records: dict[tuple[str, str, str], dict[str, Any]] = {}
     for setting in settings:
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if setting == "one-core-held" else None
         try:
-            for index, workload in enumerate(workloads):
-                choices = THREADS if WORKLOADS[workload][0] in NPG_ALGOS else THREADS[:2]
-                for threads in choices[index % len(choices) :] + choices[: index % len(choices)]:
-                    n_runs = (os.cpu_count() or 1) if setting == "all-cores" else 1
-                    runs = run_workers(workload, threads, n_runs)
-                    records.append({"setting": setting, "workload": workload, "threads": threads, "runs": runs})
-                    print(f"{setting} {workload} threads={threads}: {runs}", file=sys.stderr, flush=True)
+            for repeat in range(repeats):
+                for index, workload in enumerate(workloads):
+                    choices = THREADS if WORKLOADS[workload][0] in NPG_ALGOS else THREADS[:2]
+                    first = (index + repeat) % len(choices)
+                    for threads in choices[first:] + choices[:first]:
+                        n_runs = (os.cpu_count() or 1) if setting == "all-cores" else 1
+                        runs = run_workers(workload, threads, n_runs)
+                        record = records.setdefault(
+                            (setting, workload, threads),
+                            {"setting": setting, "workload": workload, "threads": threads, "runs": []},
+                        )
+                        record["runs"].extend(runs)
+                        print(f"{setting} {workload} threads={threads}: {runs}", file=sys.stderr, flush=True)
         finally:
             if busy is not None:
                 busy.kill()
                 busy.wait()
-    return records
+    return list(records.values())
 
 
 def summary(runs: list[dict[str, Any]], clock: str) -> float | None:
@@ -209,7 +219,7 @@ def markdown(records: list[dict[str, Any]], header: str, settings: list[str]) ->
     lines = [
         header,
         "",
-        "`learn()` wall seconds / process CPU seconds (median over the concurrent runs for all-cores); "
+        "`learn()` wall seconds / process CPU seconds (median over the repeats, and over the concurrent runs for all-cores); "
         "`over best` is the wall time over the fastest thread choice of the same workload and setting.",
         "",
     ]
@@ -237,10 +247,13 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every workload's timesteps")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each cell (the median is shown)")
     parser.add_argument("--output", default="threads", help="file name stem under benchmarks/results/")
     args = parser.parse_args()
     if args.steps_scale <= 0:
         raise ValueError(f"--steps-scale must be > 0, got {args.steps_scale}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     for name, (algo, env_id, steps, timeout) in WORKLOADS.items():
         WORKLOADS[name] = (algo, env_id, max(1, round(steps * args.steps_scale)), timeout)
     import torch as th
@@ -250,7 +263,7 @@ def main() -> None:
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_start = os.getloadavg()[0]
-    records = run(args.workloads, args.settings)
+    records = run(args.workloads, args.settings, args.repeats)
     finished = time.strftime("%H:%M UTC", time.gmtime())
     found = {**machine(), "torch_threads": th.get_num_threads()}
     header = (
