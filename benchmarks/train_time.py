@@ -71,10 +71,10 @@ def comparable_runs(
 
 
 def time_table(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
-    """One Markdown row per env that has both algorithms: seeds, times per run, medians, ratio, final returns."""
+    """One Markdown row per env that has both algorithms: times per run by seed, medians, ratio, final returns."""
 
     def per_run(records: list[dict[str, Any]], key: str) -> str:
-        return " / ".join(f"{record[key]:.0f}" for record in records)
+        return ", ".join(f"{record['seed']}: {record[key]:.0f}" for record in records)
 
     rows = []
     for env, by_algorithm in sorted(runs.items()):
@@ -83,11 +83,9 @@ def time_table(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
         npg, trpo = by_algorithm["npg"], by_algorithm["trpo"]
         npg_median = statistics.median(record["train_s"] for record in npg)
         trpo_median = statistics.median(record["train_s"] for record in trpo)
-        seeds = sorted({record["seed"] for record in npg} | {record["seed"] for record in trpo})
         rows.append(
             [
                 env,
-                ", ".join(map(str, seeds)),
                 per_run(npg, "train_s"),
                 per_run(trpo, "train_s"),
                 f"{npg_median:.0f} / {trpo_median:.0f}",
@@ -99,9 +97,8 @@ def time_table(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
         )
     header = [
         "env",
-        "seeds",
-        "NPG train s per run",
-        "TRPO train s per run",
+        "NPG train s per run (seed: s)",
+        "TRPO train s per run (seed: s)",
         "median NPG / TRPO",
         "ratio",
         "NPG final return",
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> str:
             + (f" --pauses {args.pauses}`" if args.pauses else "`")
             + f" from {sources}: the runs recorded",
             f"from {args.since} on, made two at a time (one per core, NPG and TRPO side by side). `learn()` wall seconds",
-            "per 1e6-step run (`train_time_s`, less the time the run was paused), in seed order; final return: 10",
+            "per 1e6-step run (`train_time_s`, less the time the run was paused), by seed; final return: 10",
             "deterministic episodes of the final model.",
             "",
             *time_table(runs),

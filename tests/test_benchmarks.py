@@ -181,10 +181,14 @@ def test_train_time_compares_only_the_runs_recorded_since_the_date_and_subtracts
     text = train_time.main(argv)
     assert out.read_text() == text
     rows = [line for line in text.splitlines() if line.startswith("| Ant-v5")]
-    assert rows == ["| Ant-v5 | 4, 5 | 800 / 600 | 1300 / 1500 | 700 / 1400 | 0.50 | 1800 / 1700 | 400 / 500 | 0 |"]
+    assert rows == [
+        "| Ant-v5 | 4: 800, 5: 600 | 4: 1300, 5: 1500 | 700 / 1400 | 0.50 | 4: 1800, 5: 1700 | 4: 400, 5: 500 | 0 |"
+    ]
     assert "Swimmer-v5" not in text.split("|---|")[-1]
     rows = [line for line in train_time.main([*argv, "--pauses", str(pauses)]).splitlines() if line.startswith("| Ant-v5")]
-    assert rows == ["| Ant-v5 | 4, 5 | 700 / 600 | 1200 / 1500 | 650 / 1350 | 0.48 | 1800 / 1700 | 400 / 500 | 200 |"]
+    assert rows == [
+        "| Ant-v5 | 4: 700, 5: 600 | 4: 1200, 5: 1500 | 650 / 1350 | 0.48 | 4: 1800, 5: 1700 | 4: 400, 5: 500 | 200 |"
+    ]
 
 
 def write_update_log(path: pathlib.Path, rows: list[dict[str, float]]) -> None:
