@@ -40,6 +40,14 @@ def read_update_log(path: pathlib.Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+def write_update_log(path: pathlib.Path, rows: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_update_log_has_one_row_per_update_with_that_updates_values(tmp_path: pathlib.Path) -> None:
     env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
     model = NPG("MlpPolicy", env, n_steps=32, batch_size=64, n_critic_updates=1, seed=0)
@@ -191,14 +199,6 @@ def test_train_time_compares_only_the_runs_recorded_since_the_date_and_subtracts
     ]
 
 
-def write_update_log(path: pathlib.Path, rows: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def test_same_update_sets_npg_beside_trpo_in_per_dimension_kl_and_tests_over_the_seeds(tmp_path: pathlib.Path) -> None:
     npg_results, trpo_results = tmp_path / "npg" / "rewards.jsonl", tmp_path / "trpo" / "rewards.jsonl"
     npg_lines, trpo_lines = [], []
@@ -267,11 +267,7 @@ def test_collapse_finds_runs_that_end_below_the_threshold_of_their_best_evaluati
     # the whole command on a results file whose collapsed run has a per-update log: a figure, the run returned
     rows = [{"time/total_timesteps": s, "target_kl": 0.1, "train/kl_divergence": 0.05, "train/xFx": 1.0} for s in steps]
     results = tmp_path / "rewards.jsonl"
-    (tmp_path / "updates").mkdir()
-    with gzip.open(tmp_path / "updates" / "log.csv.gz", "wt", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_update_log(tmp_path / "updates" / "log.csv.gz", rows)
     results.write_text(
         json.dumps({**run, "final_mean_return": 600, "n_timesteps": 1_000_000, "update_log": "updates/log.csv.gz"}) + "\n"
     )

@@ -9,7 +9,8 @@ std over the second half), the training return of the last 100 updates and the f
 two-sided Mann-Whitney U test of the last-100-update training returns and of the final returns (scipy).
 
 KL conventions: NPG logs ``train/kl_divergence``, KL(old ‖ new) summed over the action dimensions; TRPO logs
-``train/kl_divergence_loss``, KL(new ‖ old) averaged over them. The action dimension ``d`` is the ratio of the two
+``train/kl_divergence_loss``, KL(new ‖ old) averaged over them (the logs are read, and the KL column found, as
+``diagnose_collapse.py`` does). The action dimension ``d`` is the ratio of the two
 logged ``target_kl`` (NPG's is TRPO's times ``d`` under the mapping). Usage::
 
     python benchmarks/investigations/same_update.py \\
@@ -25,37 +26,44 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy.stats import mannwhitneyu
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from common import markdown_table, read_jsonl
+from diagnose_collapse import kl_key, read_update_log
 
 #: Updates at the end of a run whose training returns (``rollout/ep_rew_mean``) are averaged
 LAST_UPDATES = 100
 
+Rows = list[dict[str, float]]
 
-def runs_with_logs(path: pathlib.Path, algo: str, env: str) -> dict[int, tuple[dict[str, Any], pd.DataFrame]]:
-    """The runs of ``algo`` on ``env`` in a results file that have a per-update log, by seed, with the log."""
+
+def runs_with_logs(path: pathlib.Path, algo: str, env: str) -> dict[int, tuple[dict[str, Any], Rows]]:
+    """The runs of ``algo`` on ``env`` in a results file that have a per-update log, by seed, with the log's rows."""
     runs = {}
     for record in read_jsonl(path):
         if record["algo"] == algo and record["env"] == env and record.get("update_log"):
-            runs[record["seed"]] = (record, pd.read_csv(path.parent / record["update_log"]))
+            runs[record["seed"]] = (record, read_update_log(path.parent / record["update_log"]))
     return runs
 
 
-def run_summary(log: pd.DataFrame, kl_column: str, kl_scale: float, record: dict[str, Any]) -> dict[str, float]:
+def run_summary(rows: Rows, kl_scale: float, record: dict[str, Any]) -> dict[str, float]:
     """The figures of one run: first update, per-run medians, end of training, final return."""
-    second_half = log.iloc[len(log) // 2 :]
+
+    def column(name: str, updates: Rows = rows) -> np.ndarray:
+        return np.array([row[name] for row in updates])
+
+    kl = column(kl_key(rows[0]))
+    second_half = rows[len(rows) // 2 :]
     return {
-        "first_return": float(log["rollout/ep_rew_mean"].iloc[0]),
-        "first_kl": float(log[kl_column].iloc[0]) * kl_scale,
-        "first_value_loss": float(log["train/value_loss"].iloc[0]),
-        "kl_over_target": float((log[kl_column] / log["target_kl"]).median()),
-        "explained_variance": float(log["train/explained_variance"].median()),
-        "late_value_loss": float(second_half["train/value_loss"].median()),
-        "late_advantage_std": float(second_half["train/advantage_std"].median()),
-        "last_training_return": float(log["rollout/ep_rew_mean"].iloc[-LAST_UPDATES:].mean()),
+        "first_return": rows[0]["rollout/ep_rew_mean"],
+        "first_kl": kl[0] * kl_scale,
+        "first_value_loss": rows[0]["train/value_loss"],
+        "kl_over_target": float(np.median(kl / column("target_kl"))),
+        "explained_variance": float(np.median(column("train/explained_variance"))),
+        "late_value_loss": float(np.median(column("train/value_loss", second_half))),
+        "late_advantage_std": float(np.median(column("train/advantage_std", second_half))),
+        "last_training_return": float(column("rollout/ep_rew_mean")[-LAST_UPDATES:].mean()),
         "final_return": float(record["final_mean_return"]),
     }
 
@@ -69,10 +77,10 @@ def compare_env(npg_path: pathlib.Path, trpo_path: pathlib.Path, env: str) -> li
     rows: list[list[Any]] = []
     summaries: dict[str, list[dict[str, float]]] = {"npg": [], "trpo": []}
     for seed in seeds:
-        (npg_record, npg_log), (trpo_record, trpo_log) = npg_runs[seed], trpo_runs[seed]
-        dimensions = round(float(npg_log["target_kl"].iloc[0]) / float(trpo_log["target_kl"].iloc[0]))
-        npg = run_summary(npg_log, "train/kl_divergence", 1.0 / dimensions, npg_record)
-        trpo = run_summary(trpo_log, "train/kl_divergence_loss", 1.0, trpo_record)
+        (npg_record, npg_rows), (trpo_record, trpo_rows) = npg_runs[seed], trpo_runs[seed]
+        dimensions = round(npg_rows[0]["target_kl"] / trpo_rows[0]["target_kl"])
+        npg = run_summary(npg_rows, 1.0 / dimensions, npg_record)
+        trpo = run_summary(trpo_rows, 1.0, trpo_record)
         summaries["npg"].append(npg)
         summaries["trpo"].append(trpo)
         for name, summary in (("NPG", npg), ("TRPO", trpo)):
