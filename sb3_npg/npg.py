@@ -15,6 +15,7 @@ RecurrentNPG in :class:`sb3_npg.base.NPGBase`; the fast paths (same numbers) are
 import warnings
 from typing import Any, ClassVar
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
@@ -27,7 +28,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_npg.actor_critic import critic_optimizer, has_running_statistics, split_parameters
 from sb3_npg.base import NPGBase
-from sb3_npg.critic import fit_critic, index_observations
+from sb3_npg.critic import fit_critic, index_observations, upcoming_get_order
 from sb3_npg.fast.lean_forward import LeanForward
 from sb3_npg.fast.rollout import collect_rollouts as lean_collect_rollouts
 from sb3_npg.fisher import make_fisher
@@ -255,6 +256,7 @@ class NPG(NPGBase):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
 
+        batch_rows = upcoming_get_order(self.rollout_buffer)  # the buffer's shuffle, for the critic's minibatches
         rollout_data = next(self.rollout_buffer.get(batch_size=None))
         observations = rollout_data.observations
         actions = rollout_data.actions
@@ -264,7 +266,7 @@ class NPG(NPGBase):
         # The natural-gradient step on the actor (gradient, solve, x^T F x, scale, apply, measured KL)
         self._policy_step(observations, actions, rollout_data.advantages, self._action_masks(rollout_data))
         # 7. Critic: n_critic_updates epochs of regression on the returns (sb3_npg.critic)
-        value_loss = self._fit_critic(observations, rollout_data.returns)
+        value_loss = self._fit_critic(observations, rollout_data.returns, batch_rows)
         self._record_update(value_loss)
 
     def _record_update(self, value_loss: float) -> None:
@@ -441,14 +443,15 @@ class NPG(NPGBase):
         self.logger.record("train/step_size", 0.0)
         self.logger.record("train/kl_divergence", 0.0)
 
-    def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor) -> float:
+    def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor, batch_rows: np.ndarray | None = None) -> float:
         """
-        ``n_critic_updates`` epochs of minibatch regression of the value function on the returns
-        (see :func:`sb3_npg.critic.fit_critic`).
+        ``n_critic_updates`` epochs of minibatch regression of the value function on the returns, on the minibatches
+        ``RolloutBuffer.get(batch_size)`` would yield (see :func:`sb3_npg.critic.fit_critic`).
 
+        :param batch_rows: the buffer row of each row of the batch (``None``: the buffer's order)
         :return: the mean value loss
         """
-        return fit_critic(self.policy, observations, returns, self.n_critic_updates, self.batch_size)
+        return fit_critic(self.policy, observations, returns, self.n_critic_updates, self.batch_size, batch_rows)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "actor_parameters"]

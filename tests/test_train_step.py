@@ -14,12 +14,13 @@ from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 from torch.nn import functional as F
 
+import sb3_npg.critic
 import sb3_npg.fast.critic
 import sb3_npg.fast.mlp
-from sb3_npg import NPG
+from sb3_npg import NPG, MaskableNPG
 from tests.dense import dense_kl_hessian, dense_scores, flat_actor, select
-from tests.envs import ACTION_SPACES, ToyEnv, image_space
-from tests.helpers import collect, cosine
+from tests.envs import ACTION_SPACES, MaskedToyEnv, ToyEnv, image_space
+from tests.helpers import collect, cosine, tiny_model, toy_env
 
 
 def batch_tensors(model: NPG):
@@ -82,7 +83,7 @@ def test_actor_step_is_the_dense_natural_gradient_step(make_model, fisher: str, 
     expected, gradient, quadratic = dense_step(model)
     actor_before = flat_actor(model)
     critic_before = [p.detach().clone() for p in critic_parameters(model)]
-    monkeypatch.setattr(model, "_fit_critic", lambda observations, returns: 0.0)
+    monkeypatch.setattr(model, "_fit_critic", lambda *batch: 0.0)
     model.train()
     change = flat_actor(model) - actor_before
     assert cosine(change, expected) > 0.99
@@ -199,13 +200,16 @@ SEPARATE_HEADS_RELU = {"net_arch": {"pi": [8], "vf": [16, 8]}, "activation_fn": 
 
 
 def reference_critic_fit(model: NPG, observations, returns: th.Tensor) -> None:
-    """The plain critic regression: per epoch ``randperm``, minibatches, ``predict_values``, MSE, a fresh optimiser."""
+    """
+    The plain critic regression: per epoch numpy's permutation (as ``RolloutBuffer.get``), minibatches,
+    ``predict_values``, MSE, a fresh optimiser.
+    """
     policy = model.policy
     parameters = critic_parameters(model)
     optimizer = policy.optimizer_class(parameters, lr=model.lr_schedule(1), **policy.optimizer_kwargs)
     n_samples = len(returns)
     for _ in range(model.n_critic_updates):
-        permutation = th.randperm(n_samples)
+        permutation = th.from_numpy(np.random.permutation(n_samples))
         for start in range(0, n_samples, model.batch_size):
             index = permutation[start : start + model.batch_size]
             loss = F.mse_loss(policy.predict_values(select(observations, index)).flatten(), returns[index])
@@ -234,14 +238,14 @@ def test_fast_critic_loop_matches_reference_loop(make_model) -> None:
     actor_before = flat_actor(model)
     critic_before = [p.detach().clone() for p in critic_parameters(model)]
 
-    th.manual_seed(123)
+    np.random.seed(123)
     loss = model._fit_critic(observations, returns)
     fast = [p.detach().clone() for p in critic_parameters(model)]
     assert th.equal(flat_actor(model), actor_before)
     assert np.isfinite(loss) and loss > 0
 
     model.policy.load_state_dict(start)
-    th.manual_seed(123)
+    np.random.seed(123)
     reference_critic_fit(model, observations, returns)
     reference = [p.detach() for p in critic_parameters(model)]
     assert all(not th.equal(p, before) for p, before in zip(fast, critic_before, strict=True))
@@ -262,7 +266,7 @@ def test_fused_adam_step_continues_the_optimiser_state_across_calls() -> None:
     chain_parameters = sb3_npg.fast.critic.critic_chain(model.policy).parameters
     assert sb3_npg.fast.critic.fused_adam_step(model.policy.optimizer, chain_parameters) is None  # no state yet
 
-    th.manual_seed(5)
+    np.random.seed(5)
     for _ in range(2):
         model._fit_critic(observations, returns)
     fast = [p.detach().clone() for p in critic_parameters(model)]
@@ -274,9 +278,9 @@ def test_fused_adam_step_continues_the_optimiser_state_across_calls() -> None:
     model.policy.load_state_dict(start)
     policy = model.policy
     optimizer = policy.optimizer_class(critic_parameters(model), lr=model.lr_schedule(1), **policy.optimizer_kwargs)
-    th.manual_seed(5)
+    np.random.seed(5)
     for _ in range(2 * model.n_critic_updates):
-        permutation = th.randperm(len(returns))
+        permutation = th.from_numpy(np.random.permutation(len(returns)))
         for first in range(0, len(returns), model.batch_size):
             index = permutation[first : first + model.batch_size]
             optimizer.zero_grad()
@@ -313,7 +317,7 @@ def fit_twice(model: NPG, observations, returns: th.Tensor, start: dict[str, th.
     model.policy.load_state_dict(start)
     model._setup_model()  # a fresh critic optimiser, no Adam state yet
     model.policy.load_state_dict(start)
-    th.manual_seed(7)
+    np.random.seed(7)
     for _ in range(2):
         model._fit_critic(observations, returns)
     return [p.detach().clone() for p in critic_parameters(model)]
@@ -358,3 +362,37 @@ def test_functional_adam_feature_test_rejects_a_changed_signature(monkeypatch) -
             assert not sb3_npg.fast.critic.functional_adam_supported()
         finally:
             sb3_npg.fast.critic.functional_adam_supported.cache_clear()
+
+
+@pytest.mark.parametrize("algorithm", ["npg", "maskable", "dict"])
+def test_critic_minibatches_are_the_buffers(algorithm: str) -> None:
+    """
+    Every epoch of the critic visits the batch in the minibatches ``rollout_buffer.get(batch_size)`` yields, in the
+    same order, for SB3's buffer, sb3-contrib's maskable one and SB3's dict one, and draws what ``get`` draws from
+    numpy's generator, no more.
+    """
+    if algorithm == "npg":
+        model = tiny_model("box6d", n_steps=40)
+    elif algorithm == "maskable":
+        model = tiny_model(spaces.Discrete(4), n_steps=40, algorithm=MaskableNPG, env_class=MaskedToyEnv)
+    else:
+        observation_space = spaces.Dict({"a": spaces.Box(-1, 1, (3,)), "b": spaces.Box(-1, 1, (2,))})
+        model = NPG("MultiInputPolicy", toy_env(observation_space=observation_space), n_steps=40, batch_size=40, seed=0)
+    collect(model)
+    buffer, batch_size, n_epochs = model.rollout_buffer, 16, 3
+    n_samples = buffer.buffer_size * buffer.n_envs
+
+    np.random.seed(11)
+    batch_rows = sb3_npg.critic.upcoming_get_order(buffer)
+    returns = next(buffer.get(batch_size=None)).returns
+    orders = list(sb3_npg.critic.epoch_orders(n_samples, n_epochs, batch_rows))
+    drawn_after = np.random.random()
+    ours = [returns[order[start : start + batch_size]] for order in orders for start in range(0, n_samples, batch_size)]
+
+    np.random.seed(11)
+    assert th.equal(next(buffer.get(batch_size=None)).returns, returns)  # the peek left the buffer's draw alone
+    theirs = [minibatch.returns for _ in range(n_epochs) for minibatch in buffer.get(batch_size)]
+    assert np.random.random() == drawn_after
+    assert len(ours) == len(theirs) == n_epochs * -(-n_samples // batch_size)
+    assert all(th.equal(mine, expected) for mine, expected in zip(ours, theirs, strict=True))
+    assert not th.equal(th.cat(ours[: len(ours) // n_epochs]), returns)  # a real shuffle, not the batch's order

@@ -17,7 +17,7 @@ update against the autograd critic, the fallback when the feature test fails).
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch as th
@@ -148,20 +148,26 @@ def critic_chain(policy: ActorCriticPolicy) -> LinearChain | None:
 
 
 def fit_mlp_critic(
-    optimizer: th.optim.Optimizer, chain: LinearChain, features: th.Tensor, returns: th.Tensor, n_epochs: int, batch_size: int
+    optimizer: th.optim.Optimizer,
+    chain: LinearChain,
+    features: th.Tensor,
+    returns: th.Tensor,
+    epoch_orders: Iterable[th.Tensor],
+    batch_size: int,
 ) -> float:
     """
     :func:`fit_critic` for an MLP value head on shared features: the same minibatches and updates, with the
     gradients from the chain's products and, once the optimiser has state, its fused Adam update called
-    directly (see :func:`fused_adam_step`). Each epoch shuffles the batch once; its minibatches are slices.
+    directly (see :func:`fused_adam_step`). Each epoch gathers the batch once in its order; its minibatches are slices.
 
+    :param epoch_orders: per epoch, the batch's rows in minibatch order (:func:`sb3_npg.critic.epoch_orders`)
     :return: the mean value loss
     """
     n_samples = returns.shape[0]
     adam_step = fused_adam_step(optimizer, chain.parameters)
     losses = []
-    for _ in range(n_epochs):
-        permutation = th.randperm(n_samples, device=returns.device)
+    for order in epoch_orders:
+        permutation = order.to(returns.device)
         shuffled_features, shuffled_returns = features[permutation], returns[permutation].unsqueeze(1)
         for start in range(0, n_samples, batch_size):
             minibatch_returns = shuffled_returns[start : start + batch_size]
