@@ -14,6 +14,7 @@ This module is a leaf below :mod:`sb3_npg.npg`: the choices of ``step_length`` a
 are defined here, and the Fisher backends are :data:`sb3_npg.fisher.FISHER_BACKENDS`.
 """
 
+import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,17 @@ def is_integer(value: Any) -> bool:
 def valid_num_threads(num_threads: Any) -> bool:
     """Whether ``num_threads`` is a valid ``num_threads`` argument: ``None`` or an int >= 1 (not a bool)."""
     return num_threads is None or (isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1)
+
+
+def valid_target_kl(target_kl: Any) -> bool:
+    """
+    Whether ``target_kl`` is a valid ``target_kl`` argument: a number > 0, or a schedule (a function of the progress
+    remaining, from 1 to 0, as SB3's ``learning_rate``) whose value is a number > 0 at the start and >= 0 at the end.
+    """
+    if not callable(target_kl):
+        return is_number(target_kl) and target_kl > 0
+    start, end = target_kl(1.0), target_kl(0.0)
+    return is_number(start) and is_number(end) and start > 0 and end >= 0 and math.isfinite(start) and math.isfinite(end)
 
 
 def _one_of(choices: tuple[str, ...]) -> str:
@@ -104,11 +116,12 @@ def _flag(meaning: str) -> Hyperparameter:
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "target_kl": Hyperparameter(
         "the KL each update aims at, summed over action dimensions and averaged over states",
-        lambda v: isinstance(v, int | float) and v > 0,
+        valid_target_kl,
         "> 0",
         kind="a number",
         typed=True,
-        note="it is NPG's step length, the KL every update moves the policy by, not an early stop",
+        note="it is NPG's step length, the KL every update moves the policy by, not an early stop; or a schedule "
+        "of the progress remaining, > 0 at the start and >= 0 at the end",
     ),
     "cg_max_steps": _positive_integer("conjugate-gradient iterations per update"),
     "cg_damping": Hyperparameter("Tikhonov damping of the solve (F + λI)x = g", lambda v: v >= 0, ">= 0", kind="a number"),

@@ -51,7 +51,7 @@ class MaskableNPG(NPG):
     :param cg_max_steps: Maximum number of conjugate-gradient steps (Fisher-vector products) per update
     :param cg_damping: Damping ``lambda`` in ``(F + lambda I) x = g``; it regularises the solve only
     :param target_kl: The KL divergence each update aims at (of the masked distributions, summed over action
-        dimensions and averaged over states)
+        dimensions and averaged over states); a number, or a function of the progress remaining as in NPG
     :param n_critic_updates: Number of epochs of critic regression per update
     :param normalize_advantage: Whether to normalize the advantages
     :param sub_sampling_factor: Use every ``sub_sampling_factor``-th sample of the rollout for the Fisher
@@ -96,7 +96,7 @@ class MaskableNPG(NPG):
         gae_lambda: float = 0.95,
         cg_max_steps: int = 15,
         cg_damping: float = 0.1,
-        target_kl: float = 0.01,
+        target_kl: float | Schedule = 0.01,
         n_critic_updates: int = 10,
         normalize_advantage: bool = True,
         sub_sampling_factor: int = 1,

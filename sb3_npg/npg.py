@@ -12,6 +12,7 @@ the step (:mod:`sb3_npg.kl`), then the critic's regression on the returns (:mod:
 RecurrentNPG in :class:`sb3_npg.base.NPGBase`; the fast paths (same numbers) are in :mod:`sb3_npg.fast`.
 """
 
+import math
 import warnings
 from typing import Any, ClassVar
 
@@ -72,7 +73,9 @@ class NPG(NPGBase):
     :param cg_damping: Damping ``lambda`` in ``(F + lambda I) x = g``; it regularises the solve only
     :param target_kl: The KL divergence ``epsilon`` each update aims at, summed over action dimensions
         and averaged over states. Values like 0.01 for discrete actions, larger (0.05-0.1) for
-        multi-dimensional continuous actions.
+        multi-dimensional continuous actions. It can be a function of the current progress remaining
+        (from 1 to 0), like ``learning_rate``: > 0 at the start, >= 0 at the end (an update whose value is 0
+        leaves the actor where it is).
     :param n_critic_updates: Number of epochs of critic regression per update
     :param normalize_advantage: Whether to normalize the advantages
     :param sub_sampling_factor: Use every ``sub_sampling_factor``-th sample of the rollout for the
@@ -143,7 +146,7 @@ class NPG(NPGBase):
         gae_lambda: float = 0.95,
         cg_max_steps: int = 15,
         cg_damping: float = 0.1,
-        target_kl: float = 0.01,
+        target_kl: float | Schedule = 0.01,
         n_critic_updates: int = 10,
         normalize_advantage: bool = True,
         sub_sampling_factor: int = 1,
@@ -332,6 +335,11 @@ class NPG(NPGBase):
 
         :param policy: what gives the batch's distribution (see :meth:`_policy_step`)
         """
+        target_kl = self._current_target_kl()
+        self.logger.record("train/target_kl", target_kl)
+        if not (math.isfinite(target_kl) and target_kl >= 0):
+            self._skip_update(f"target_kl is {target_kl} (its schedule must give a number >= 0)")
+            return
         if advantages.numel() > 1:  # their scale before normalisation, which the normalised step does not see
             self.logger.record("train/advantage_std", advantages.std().item())
         if self.normalize_advantage:
@@ -366,15 +374,15 @@ class NPG(NPGBase):
         self.logger.record("train/cg_residual", residual.norm().item())
         self.logger.record("train/xFx", quadratic.item())
         # 4. Scale: the quadratic model of the KL equals target_kl; a bad x^T F x skips the update
-        step_size = th.sqrt(2 * self.target_kl / quadratic)
+        step_size = th.sqrt(2 * target_kl / quadratic)
         if not (th.isfinite(quadratic) and quadratic > 0 and th.isfinite(step_size * direction).all()):
             self._skip_update(f"x^T F x = {quadratic.item():.3g} is not finite and positive")
             return
 
         # 5. Apply the step (step_length="exact": search the scale by the measured KL, sb3_npg.step_length)
         previous = [parameter.detach().clone() for parameter in self.actor_parameters]
-        if self.step_length == "exact":
-            self._exact_step(observations, old, direction, previous, step_size.item(), action_masks, policy)
+        if self.step_length == "exact" and target_kl > 0:
+            self._exact_step(observations, old, direction, previous, step_size.item(), target_kl, action_masks, policy)
             return
         add_to_parameters_(self.actor_parameters, direction, alpha=step_size.item())
         # 6. Measured KL(pi_old || pi_new) on the batch; a non-finite one puts the actor back
@@ -394,6 +402,7 @@ class NPG(NPGBase):
         direction: th.Tensor,
         previous: list[th.Tensor],
         initial_scale: float,
+        target_kl: float,
         action_masks: th.Tensor | None = None,
         batch_policy: Any = None,
     ) -> None:
@@ -404,6 +413,7 @@ class NPG(NPGBase):
         measures the KL with one forward pass (of the distribution masked by ``action_masks``, if given). The actor
         ends at the chosen scale (``theta_old`` if none is safe).
 
+        :param target_kl: this update's ``target_kl`` (> 0)
         :param batch_policy: what gives the batch's distribution (see :meth:`_policy_step`; default: the policy)
         """
 
@@ -414,10 +424,10 @@ class NPG(NPGBase):
             with th.no_grad():
                 return mean_summed_kl(old, action_distribution(policy, observations, action_masks)).item()
 
-        search = search_step_scale(kl_at, initial_scale, self.target_kl, EXACT_KL_TOLERANCE, EXACT_MAX_KL_EVALUATIONS)
+        search = search_step_scale(kl_at, initial_scale, target_kl, EXACT_KL_TOLERANCE, EXACT_MAX_KL_EVALUATIONS)
         self.kl_search_failures += not search.converged
         self.logger.record("train/kl_evaluations", search.evaluations)
-        self.logger.record("train/quadratic_kl_ratio", search.initial_kl / self.target_kl)
+        self.logger.record("train/quadratic_kl_ratio", search.initial_kl / target_kl)
         self.logger.record("train/kl_search_failures", self.kl_search_failures)
         if search.scale == 0.0:
             self._restore_actor(previous)
@@ -429,6 +439,10 @@ class NPG(NPGBase):
         set_parameters_along_(self.actor_parameters, previous, direction, search.scale)
         self.logger.record("train/step_size", search.scale)
         self.logger.record("train/kl_divergence", search.kl)
+
+    def _current_target_kl(self) -> float:
+        """This update's ``target_kl``: the number, or the schedule's value at the current progress remaining."""
+        return float(self.target_kl(self._current_progress_remaining) if callable(self.target_kl) else self.target_kl)
 
     def _restore_actor(self, previous: list[th.Tensor]) -> None:
         """Set the actor parameters back to ``previous`` (their values before the step)."""

@@ -116,7 +116,8 @@ class RecurrentNPG(NPG):
     :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
     :param cg_max_steps: Maximum number of conjugate-gradient steps (Fisher-vector products) per update
     :param cg_damping: Damping ``lambda`` in ``(F + lambda I) x = g``
-    :param target_kl: The KL divergence each update aims at (averaged over real steps)
+    :param target_kl: The KL divergence each update aims at (averaged over real steps); a number, or a function of
+        the progress remaining as in NPG
     :param n_critic_updates: Number of epochs of critic regression per update
     :param normalize_advantage: Whether to normalize the advantages
     :param sub_sampling_factor: Must be 1
@@ -159,7 +160,7 @@ class RecurrentNPG(NPG):
         gae_lambda: float = 0.95,
         cg_max_steps: int = 15,
         cg_damping: float = 0.1,
-        target_kl: float = 0.01,
+        target_kl: float | Schedule = 0.01,
         n_critic_updates: int = 10,
         normalize_advantage: bool = True,
         sub_sampling_factor: int = 1,

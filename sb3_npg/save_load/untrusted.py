@@ -55,6 +55,10 @@ NEVER_SAVED = frozenset(
 """Attributes SB3's ``save`` leaves out (``_excluded_save_params``): in a file they can only be planted (``env`` would
 make SB3's ``load`` call ``gym.make`` on the file's string); the untrusted load drops them."""
 
+SCHEDULE_ARGUMENTS = {"learning_rate": "learning rate", "target_kl": "target_kl"}
+"""Constructor arguments that may be saved as a pickled schedule (with their name in the warning): the untrusted load
+puts the constructor's default in their place, with a warning (``custom_objects`` chooses another value)."""
+
 
 # Objects a pickled ``policy_kwargs`` may hold that the untrusted load rebuilds from their readable ``str()``.
 ALLOWED_POLICY_OBJECTS: dict[str, Any] = {
@@ -200,8 +204,9 @@ def untrusted_load_arguments(
     Every pickled entry of the JSON is removed (the model keeps its constructor's value for it) or replaced:
     ``observation_space``/``action_space`` by the env's (checked against the readable type, shape and dtype),
     ``policy_class`` by the class of ``algorithm.policy_aliases`` with the saved module and name,
-    ``policy_kwargs`` by their readable copy (classes from :data:`ALLOWED_POLICY_OBJECTS`), ``learning_rate``
-    (a schedule) by the constructor's default. ``custom_objects`` from the caller take precedence.
+    ``policy_kwargs`` by their readable copy (classes from :data:`ALLOWED_POLICY_OBJECTS`), ``learning_rate`` and
+    ``target_kl`` (schedules, :data:`SCHEDULE_ARGUMENTS`) by the constructor's defaults, with a warning.
+    ``custom_objects`` from the caller take precedence.
     Every ``.pth`` member is loaded with ``torch.load(weights_only=True)`` and written again.
 
     :param algorithm: the class being loaded (NPG or a subclass)
@@ -223,14 +228,15 @@ def untrusted_load_arguments(
         replacements["policy_class"] = _policy_class(algorithm, data["policy_class"], name)
     if "policy_kwargs" not in replacements and is_pickled(data.get("policy_kwargs")):
         replacements["policy_kwargs"] = _policy_kwargs(data["policy_kwargs"], name)
-    if "learning_rate" not in replacements and is_pickled(data.get("learning_rate")):
-        learning_rate = inspect.signature(algorithm).parameters["learning_rate"].default
-        warnings.warn(
-            f"The learning rate saved in '{name}' is a pickled schedule: using {learning_rate} "
-            "(pass custom_objects={'learning_rate': ...} to choose it)",
-            UserWarning,
-        )
-        replacements["learning_rate"] = learning_rate
+    for schedule_key, said_as in SCHEDULE_ARGUMENTS.items():
+        if schedule_key not in replacements and is_pickled(data.get(schedule_key)):
+            default = inspect.signature(algorithm).parameters[schedule_key].default
+            warnings.warn(
+                f"The {said_as} saved in '{name}' is a pickled schedule: using {default} "
+                f"(pass custom_objects={{'{schedule_key}': ...}} to choose it)",
+                UserWarning,
+            )
+            replacements[schedule_key] = default
 
     missing_spaces = {"observation_space", "action_space"} - replacements.keys()
     if missing_spaces and env is None:

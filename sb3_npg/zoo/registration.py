@@ -27,7 +27,7 @@ from sb3_npg.zoo.search import (
     suggest_normalize,
     suggest_one_minus_gamma,
 )
-from sb3_npg.zoo.validation import check_hyperparameters
+from sb3_npg.zoo.validation import check_hyperparameters, schedules_from_strings
 
 _WRAPPED_MARKER = "_sb3_npg_wrapped"
 
@@ -47,6 +47,7 @@ def _wrap_read_hyperparameters(original: Callable) -> Callable:
             converted = ", converted from TRPO's" if from_trpo else ""
             where = f"{os.path.basename(str(self.config))} (entry for {entry}{converted})"
             check_hyperparameters(hyperparams, where=where, algorithm=ALGORITHMS[self.algo])
+            hyperparams = schedules_from_strings(hyperparams)
         return hyperparams, saved_hyperparams
 
     return read_hyperparameters

@@ -70,8 +70,8 @@ ZOO_SETTINGS: dict[str, Hyperparameter] = {
 }
 """The values of the keys of a YAML entry that RL Zoo consumes itself (or that only YAML writes as strings)."""
 
-SCHEDULES = frozenset({"learning_rate"})
-"""Hyperparameters that may be RL Zoo's linear schedule ``lin_<initial value>``."""
+SCHEDULES = frozenset({"learning_rate", "target_kl"})
+"""Hyperparameters that may be RL Zoo's linear schedule ``lin_<initial value>`` (from it to 0 over the run)."""
 
 
 def _allowed_in_yaml(key: str, value: Any) -> str | None:
@@ -84,6 +84,20 @@ def _allowed_in_yaml(key: str, value: Any) -> str | None:
         value = _schedule_initial_value(value)
         allowed += " or a linear schedule 'lin_<number>'"
     return None if definition.has_type(value) and definition.in_range(value) else allowed
+
+
+def schedules_from_strings(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``hyperparams`` with a ``target_kl`` of ``"lin_<number>"`` made RL Zoo's linear schedule (``rl_zoo3.utils.
+    linear_schedule``): RL Zoo turns such strings into schedules for its own keys only (``learning_rate``,
+    ``clip_range``, ...). Call after :func:`check_hyperparameters`.
+    """
+    target_kl = hyperparams.get("target_kl")
+    if not (isinstance(target_kl, str) and target_kl.startswith("lin_")):
+        return hyperparams
+    from rl_zoo3.utils import linear_schedule
+
+    return {**hyperparams, "target_kl": linear_schedule(_schedule_initial_value(target_kl))}
 
 
 def check_hyperparameters(hyperparams: dict[str, Any], where: str = "hyperparameters", algorithm: type[NPG] = NPG) -> None:
