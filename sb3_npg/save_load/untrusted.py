@@ -187,6 +187,16 @@ def _resaved_tensors(member: str, content: bytes, file_name: str) -> bytes:
     return buffer.getvalue()
 
 
+def _constructor_default(algorithm: type[BaseAlgorithm], name: str) -> Any:
+    """The default of argument ``name`` in the first constructor along ``algorithm``'s MRO that declares it (a subclass
+    may take it through ``**kwargs`` and pass it on, as MaskableRecurrentNPG does)."""
+    for cls in algorithm.__mro__:
+        parameter = inspect.signature(cls).parameters.get(name) if "__init__" in vars(cls) else None
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise TypeError(f"{algorithm.__name__} has no default for {name}")
+
+
 def untrusted_load_arguments(
     algorithm: type[BaseAlgorithm],
     save_file: SaveFile,
@@ -224,7 +234,7 @@ def untrusted_load_arguments(
     if "policy_kwargs" not in replacements and is_pickled(data.get("policy_kwargs")):
         replacements["policy_kwargs"] = _policy_kwargs(data["policy_kwargs"], name)
     if "learning_rate" not in replacements and is_pickled(data.get("learning_rate")):
-        learning_rate = inspect.signature(algorithm).parameters["learning_rate"].default
+        learning_rate = _constructor_default(algorithm, "learning_rate")
         warnings.warn(
             f"The learning rate saved in '{name}' is a pickled schedule: using {learning_rate} "
             "(pass custom_objects={'learning_rate': ...} to choose it)",
