@@ -132,11 +132,13 @@ class MaskableRecurrentActorCriticPolicy(RecurrentActorCriticPolicy):
             self._pending_action_masks = previous
 
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> MaskableDistribution:  # type: ignore[override]
-        distribution = self.action_dist.proba_distribution(action_logits=self.action_net(latent_pi))  # type: ignore[call-arg]
+        distribution: MaskableDistribution = self.action_dist.proba_distribution(  # type: ignore[call-arg, assignment]
+            action_logits=self.action_net(latent_pi)
+        )
         if self._pending_action_masks is not None:
             masks = checked_action_masks(self._pending_action_masks, self.action_space, latent_pi.shape[0])
             distribution.apply_masking(masks.to(latent_pi.device))
-        return distribution  # type: ignore[return-value]
+        return distribution
 
     def forward(  # type: ignore[override]
         self,
@@ -260,7 +262,8 @@ class MaskableRecurrentDictRolloutBufferSamples(NamedTuple):
     action_masks: th.Tensor
 
 
-class MaskableRecurrentRolloutBuffer(RecurrentRolloutBuffer, MaskableRolloutBuffer):
+# add(*args, lstm_states=..., action_masks=..., **kwargs): each base takes its own keyword and passes the rest on
+class MaskableRecurrentRolloutBuffer(RecurrentRolloutBuffer, MaskableRolloutBuffer):  # type: ignore[misc]
     """
     sb3-contrib's ``RecurrentRolloutBuffer`` (LSTM states, padded sequences) that also stores the action masks as
     its ``MaskableRolloutBuffer`` does (``add(..., lstm_states=..., action_masks=...)``). Every minibatch of
@@ -283,7 +286,7 @@ class MaskableRecurrentRolloutBuffer(RecurrentRolloutBuffer, MaskableRolloutBuff
         return MaskableRecurrentRolloutBufferSamples(*samples, action_masks=masks)
 
 
-class MaskableRecurrentDictRolloutBuffer(RecurrentDictRolloutBuffer, MaskableDictRolloutBuffer):
+class MaskableRecurrentDictRolloutBuffer(RecurrentDictRolloutBuffer, MaskableDictRolloutBuffer):  # type: ignore[misc]
     """:class:`MaskableRecurrentRolloutBuffer` for Dict observations (sb3-contrib's ``RecurrentDictRolloutBuffer``)."""
 
     def get(self, batch_size: int | None = None) -> Iterator[MaskableRecurrentDictRolloutBufferSamples]:  # type: ignore[override]
