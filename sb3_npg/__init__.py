@@ -3,6 +3,7 @@
 import os
 
 from sb3_npg.maskable import MaskableNPG
+from sb3_npg.maskable_recurrent import MaskableRecurrentNPG
 from sb3_npg.npg import NPG
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_npg.recurrent import RecurrentNPG
@@ -15,6 +16,7 @@ __all__ = [
     "NPG",
     "CnnPolicy",
     "MaskableNPG",
+    "MaskableRecurrentNPG",
     "MlpPolicy",
     "MultiInputPolicy",
     "RecurrentNPG",

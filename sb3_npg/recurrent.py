@@ -18,6 +18,7 @@ import torch as th
 import torch.nn.functional as F
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.maskable.distributions import MaskableDistribution
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
@@ -29,6 +30,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_npg.distributions import categorical_parts
 from sb3_npg.npg import NPG
 
 
@@ -40,6 +42,11 @@ def select_rows(distribution: Distribution, rows: th.Tensor) -> Distribution:
     :param rows: a boolean mask (or index) over the batch
     :return: a copy whose underlying torch distribution has the selected rows only
     """
+    if isinstance(distribution, MaskableDistribution):  # MaskableRecurrentNPG: rebuilt from the selected logits
+        parts = categorical_parts(distribution)
+        assert parts is not None
+        logits = th.cat([part.logits for part in parts], dim=1)
+        return copy.copy(distribution).proba_distribution(action_logits=logits[rows])
     selected = copy.copy(distribution)
     inner = distribution.distribution
     if isinstance(inner, list):  # MultiCategorical
@@ -61,7 +68,8 @@ class SequenceBatch:
 
     ``get_distribution(observations)`` runs the actor's LSTM along each sequence from its initial state
     ``lstm_states`` (reset at ``episode_starts``) over the padded ``observations`` and returns the distribution of the
-    rows where ``real`` is true: the batch NPG's step (gradient, Fisher products, KL) is averaged over.
+    rows where ``real`` is true: the batch NPG's step (gradient, Fisher products, KL) is averaged over. With
+    ``action_masks`` (one row per real step; a maskable policy, see MaskableRecurrentNPG) it is the masked distribution.
 
     :param policy: the recurrent actor-critic policy
     :param lstm_states: the actor's LSTM (hidden, cell) states at the start of each sequence
@@ -84,13 +92,16 @@ class SequenceBatch:
     def get_distribution(self, observations: PyTorchObs, action_masks: th.Tensor | None = None) -> Distribution:
         """
         :param observations: the padded observations of the batch
-        :param action_masks: not supported (must be ``None``)
-        :return: the action distribution on the real steps
+        :param action_masks: the masks of the real steps (a maskable policy only), or ``None``
+        :return: the action distribution on the real steps (masked by ``action_masks`` if given)
         """
-        if action_masks is not None:
-            raise ValueError("action_masks are not supported by RecurrentNPG")
         distribution, _ = self.policy.get_distribution(observations, self.lstm_states, self.episode_starts)  # type: ignore[arg-type]
-        return select_rows(distribution, self.real)
+        selected = select_rows(distribution, self.real)
+        if action_masks is not None:
+            if not isinstance(selected, MaskableDistribution):
+                raise ValueError("action_masks need a maskable policy (MaskableRecurrentNPG's), not RecurrentNPG's")
+            selected.apply_masking(action_masks)
+        return selected
 
 
 class RecurrentNPG(NPG):
@@ -290,8 +301,15 @@ class RecurrentNPG(NPG):
         actions = rollout_data.actions[real]
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
+        masks = self._action_masks(rollout_data)  # None, or the masks of MaskableRecurrentNPG's buffer (padded)
         batch = SequenceBatch(self.policy, rollout_data.lstm_states.pi, rollout_data.episode_starts, real)
-        self._policy_step(rollout_data.observations, actions, rollout_data.advantages[real], batch_policy=batch)
+        self._policy_step(
+            rollout_data.observations,
+            actions,
+            rollout_data.advantages[real],
+            None if masks is None else masks[real],
+            batch_policy=batch,
+        )
         self._record_update(self._fit_sequence_critic())
 
     def _fit_sequence_critic(self) -> float:

@@ -21,6 +21,7 @@ def test_examples_found() -> None:
         "fisher_backends",
         "maskable",
         "recurrent",
+        "maskable_recurrent",
     }
     assert expected <= names
 

@@ -191,6 +191,16 @@ def _resaved_tensors(member: str, content: bytes, file_name: str) -> bytes:
     return buffer.getvalue()
 
 
+def _constructor_default(algorithm: type[BaseAlgorithm], name: str) -> Any:
+    """The default of argument ``name`` in the first constructor along ``algorithm``'s MRO that declares it (a subclass
+    may take it through ``**kwargs`` and pass it on, as MaskableRecurrentNPG does)."""
+    for cls in algorithm.__mro__:
+        parameter = inspect.signature(cls).parameters.get(name) if "__init__" in vars(cls) else None
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise TypeError(f"{algorithm.__name__} has no default for {name}")
+
+
 def untrusted_load_arguments(
     algorithm: type[BaseAlgorithm],
     save_file: SaveFile,
@@ -230,7 +240,7 @@ def untrusted_load_arguments(
         replacements["policy_kwargs"] = _policy_kwargs(data["policy_kwargs"], name)
     for schedule_key, said_as in SCHEDULE_ARGUMENTS.items():
         if schedule_key not in replacements and is_pickled(data.get(schedule_key)):
-            default = inspect.signature(algorithm).parameters[schedule_key].default
+            default = _constructor_default(algorithm, schedule_key)
             warnings.warn(
                 f"The {said_as} saved in '{name}' is a pickled schedule: using {default} "
                 f"(pass custom_objects={{'{schedule_key}': ...}} to choose it)",
