@@ -392,6 +392,32 @@ def test_set_parameters_from_npg_loads_the_optimizer(tmp_path: pathlib.Path) -> 
     assert all(th.equal(saved[i]["exp_avg"], loaded[i]["exp_avg"]) for i in saved)
 
 
+def test_set_parameters_exact_match_raises_what_torch_and_sb3_raise() -> None:
+    """SB3's and sb3-contrib's own save/load case: a key missing or extra under exact_match=True is a RuntimeError."""
+    model = NPG("MlpPolicy", toy_env(), **TINY)
+    original = {name: dict(state) for name, state in model.get_parameters().items()}
+    first_key = next(iter(original["policy"]))
+    missing = {**original, "policy": {key: value for key, value in original["policy"].items() if key != first_key}}
+    extra = {**original, "policy": {**original["policy"], "planted.weight": th.zeros(1)}}
+    for params, message in ((missing, rf"'policy.{first_key}' is missing"), (extra, r"'policy.planted.weight' is not one")):
+        with pytest.raises(RuntimeError, match=message):
+            model.set_parameters(params, exact_match=True)
+        with pytest.raises(ValueError, match=message):  # code that catches sb3_npg's ValueError keeps working
+            model.set_parameters(params, exact_match=True)
+    # SB3's other cases keep their ValueError: an unknown parameter set, a parameter set left out
+    with pytest.raises(ValueError, match="'I_should_not_be_a_valid_object' is not one of the model's parameter sets"):
+        model.set_parameters({**original, "I_should_not_be_a_valid_object": "and_I_am_an_invalid_tensor"})
+    with pytest.raises(ValueError, match="Names of parameters do not match"):
+        model.set_parameters({"policy": original["policy"]}, exact_match=True)
+
+    # exact_match=False loads what is given and leaves the rest
+    randomised = {key: th.rand_like(value) for key, value in missing["policy"].items()}
+    model.set_parameters({"policy": randomised}, exact_match=False)
+    loaded = model.policy.state_dict()
+    assert th.equal(loaded[first_key], original["policy"][first_key])
+    assert all(th.equal(loaded[key], value) for key, value in randomised.items())
+
+
 # --------------------------------------------------------------------------------------------------------
 # RL Zoo scripts on a downloaded agent
 # --------------------------------------------------------------------------------------------------------
