@@ -330,7 +330,7 @@ def test_zoo_resume_without_the_checkpoints_statistics_is_a_one_line_error(
 
     assert (
         npg_train.main([*ZOO_RUN, "-f", str(logs), "--verbose", "0", "-n", "256", "-i", str(run / "rl_model_512_steps.zip")])
-        == 2
+        == 1
     )
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1

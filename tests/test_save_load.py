@@ -472,7 +472,7 @@ def test_enjoy_does_not_run_a_downloaded_agents_code(
     if where == "model":
         assert status == 0  # the pickled entry is not needed: the agent runs
     else:
-        assert status == 2 and where.split(".")[0] in err and "--trusted" in err, err
+        assert status == 1 and where.split(".")[0] in err and "--trusted" in err, err
 
     # The payload is real: rl_zoo3's own loading (--trusted) runs it.
     with contextlib.suppress(Exception):
@@ -493,10 +493,10 @@ def test_enjoy_checks_the_wrappers(
     with open(config, "a") as file:
         file.write("  - - env_wrapper\n    - builtins.print\n")
     argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
-    assert enjoy.main(argv) == 2
+    assert enjoy.main(argv) == 1
     assert "builtins.print is not a gymnasium.core.Wrapper subclass" in capsys.readouterr().err
     config.write_text(config.read_text().replace("builtins.print", "antigravity.Wrapper"))  # importing it opens a browser
-    assert enjoy.main(argv) == 2
+    assert enjoy.main(argv) == 1
     assert "antigravity.Wrapper is in a package outside" in capsys.readouterr().err
     assert "antigravity" not in sys.modules
 
@@ -511,7 +511,7 @@ def test_enjoy_refuses_other_algorithms_models_unless_trusted(
     (tmp_path / "ppo").mkdir()
     PPO("MlpPolicy", env, n_steps=16, batch_size=16).save(tmp_path / "ppo" / "CartPole-v1.zip")
     argv = ["--algo", "ppo", "--env", "CartPole-v1", "-f", str(tmp_path), "--exp-id", "-1", "--no-render", "-n", "20"]
-    assert enjoy.main(argv) == 2
+    assert enjoy.main(argv) == 1
     assert "only npg and npg_lstm models are loaded without running their code" in capsys.readouterr().err
     assert enjoy.main([*argv, "--trusted"]) == 0
 
@@ -526,7 +526,7 @@ def test_enjoy_refuses_below_safe_torch(
     poison(zoo_agent, tmp_path / "agent", "vecnormalize.pkl", marker)
     before = {file: (file.read_bytes(), file.stat().st_mtime_ns) for file in (tmp_path / "agent").rglob("*") if file.is_file()}
     argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
-    assert enjoy.main(argv) == 2
+    assert enjoy.main(argv) == 1
     err = capsys.readouterr().err
     assert f"torch {th.__version__} is installed" in err and "CVE-2026-24747" in err and "pass --trusted" in err, err
     assert not marker.exists()
