@@ -41,12 +41,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # rewards.py, imported as a module, imports common.py and zoo_run.py from here
-
-from common import markdown_table, read_jsonl  # noqa: E402
-from rewards import BUDGETS, group_results, is_current  # noqa: E402
+from common import BUDGETS, RESULTS, group_results, is_current, markdown_table, read_jsonl, repository_path
 
 MUJOCO = tuple(env for env, (group, _) in BUDGETS.items() if group == "mujoco")
 TUNING_SEEDS = (0, 1, 2)
@@ -246,8 +241,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--heldout", type=pathlib.Path, default=HERE / "results" / "heldout" / "rewards.jsonl")
-    parser.add_argument("--tuning", type=pathlib.Path, default=HERE / "results" / "rewards.jsonl")
+    parser.add_argument("--heldout", type=pathlib.Path, default=RESULTS / "heldout" / "rewards.jsonl")
+    parser.add_argument("--tuning", type=pathlib.Path, default=RESULTS / "rewards.jsonl")
     parser.add_argument("--tuning-seeds", nargs="+", type=int, default=list(TUNING_SEEDS), help="default: %(default)s")
     parser.add_argument("--envs", nargs="+", default=list(MUJOCO), help="default: %(default)s")
     parser.add_argument("--algos", nargs="+", default=["npg", "trpo"], help="default: %(default)s")
@@ -282,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cells, stale = scores_by_cell(runs, args.envs, args.algos, seeds)
         sets[name] = cells
         report_sets[name] = {
-            "source": str(path.resolve().relative_to(HERE.parent) if path.resolve().is_relative_to(HERE.parent) else path),
+            "source": repository_path(path),
             "stale_runs_left_out": stale,
             "envs": set_statistics(cells, args.reps, args.bootstrap_seed),
         }

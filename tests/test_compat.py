@@ -3,6 +3,10 @@ Drop-in use for SB3 users: what code written for PPO, TRPO, MaskablePPO and Recu
 and RecurrentNPG on their defaults (only ``n_steps`` is made tiny): small rollouts, save/load, predict, evaluation,
 callbacks, tensorboard, observation spaces, custom networks, BatchNorm/Dropout, gSDE, vectorized and normalized
 environments, parameters, copies of the policy, and ``learn`` called again.
+
+It is the one home of gSDE, tensorboard and the save/load round trip of the three classes; ``test_save_load.py`` tests
+the files themselves (atomic saves, missing, corrupt and untrusted files, warm starts), ``test_maskable.py`` and
+``test_recurrent.py`` what only their class keeps (masks over every action space, LSTM states).
 """
 
 import copy
@@ -284,15 +288,21 @@ def test_policy_deep_copies_and_pickles(kind: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_round_trip_predicts_the_same_and_continues(kind: str, tmp_path: Path) -> None:
-    model = make_model(kind).learn(N_STEPS)
+    """Trusted or not: the same actions, the hyperparameters and the actor/critic split kept, trains on in more envs."""
+    model = make_model(kind, target_kl=0.05).learn(N_STEPS)
     observations = observations_of(kind)
     model.save(tmp_path / "model")
     for trusted in TRUSTED_MODES:
-        loaded = type(model).load(tmp_path / "model.zip", env=make_env(kind), trusted=trusted)
+        loaded = type(model).load(tmp_path / "model.zip", env=make_env(kind, n_envs=2), trusted=trusted)
         np.testing.assert_array_equal(deterministic_actions(loaded, observations), deterministic_actions(model, observations))
-        assert loaded.num_timesteps == N_STEPS
-        loaded.learn(N_STEPS, reset_num_timesteps=False)
-        assert loaded.num_timesteps == 2 * N_STEPS and loaded._n_updates == 2
+        assert loaded.num_timesteps == N_STEPS and loaded.target_kl == 0.05
+        critic = {id(p) for group in loaded.policy.optimizer.param_groups for p in group["params"]}
+        assert {id(p) for p in loaded.actor_parameters} == {id(p) for p in loaded.policy.parameters() if id(p) not in critic}
+        before = policy_parameters(loaded).clone()
+        loaded.learn(2 * N_STEPS, reset_num_timesteps=False)  # one rollout of 2 envs
+        assert loaded.num_timesteps == 3 * N_STEPS and loaded._n_updates == 2
+        after = policy_parameters(loaded)
+        assert not th.equal(after, before) and th.isfinite(after).all()
 
 
 @below_safe_torch
@@ -382,10 +392,14 @@ def test_tensorboard_logging_and_learn_twice(kind: str, tmp_path: Path) -> None:
     events = EventAccumulator(str(run))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
+    assert run.name == "run_1" and len(list(run.glob("events.out.tfevents.*"))) == 2  # one file per learn call
     assert {"train/kl_divergence", "train/step_size", "train/value_loss", "train/xFx", "time/fps"} <= scalars
     # As with PPO: an update's logs are written with the next rollout's, and a learn call's last ones are not
     assert [event.step for event in events.Scalars("train/kl_divergence")] == [2 * N_STEPS]
     assert [event.step for event in events.Scalars("time/fps")] == [N_STEPS, 2 * N_STEPS, 3 * N_STEPS]
+    if kind != "recurrent":  # RecurrentNPG's default tb_log_name is still NPG's, where RecurrentPPO's is its class name
+        model.learn(N_STEPS)  # without tb_log_name: a new run named after the class, as PPO's and MaskablePPO's are
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["run_1", f"{type(model).__name__}_1"])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -424,7 +438,10 @@ def test_custom_net_arch(kind: str) -> None:
 def test_gsde(kind: str, tmp_path: Path) -> None:
     env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
     model = make_model(kind, env=env, use_sde=True, sde_sample_freq=4)
+    log_std = model.policy.log_std.detach().clone()
     model.learn(2 * N_STEPS)
+    assert model._n_updates == 2 and not th.equal(model.policy.log_std, log_std)  # the exploration matrix's scale trains
+    assert model.logger.name_to_value["train/std"] > 0
     observations = np.random.default_rng(0).uniform(-1, 1, (4, 3)).astype(np.float32)
     model.save(tmp_path / "sde")
     loaded = type(model).load(tmp_path / "sde", env=env)

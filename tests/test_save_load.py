@@ -1,5 +1,6 @@
 """
-Saved models (:mod:`sb3_npg.save_load`, :mod:`sb3_npg.zoo.trust`): atomic ``save``, ``load(..., trusted=False)``
+Saved models (:mod:`sb3_npg.save_load`, :mod:`sb3_npg.zoo.trust`): atomic ``save``, a missing, truncated or
+incomplete file, ``load(..., trusted=False)``
 of files from strangers (crafted files whose pickled entries create a marker file when unpickled), ``enjoy`` on a
 downloaded agent with poisoned files, and the warm start of NPG from PPO, A2C and TRPO files, models and dicts.
 """
@@ -98,6 +99,35 @@ def test_save_writes_atomically_where_sb3_would(tmp_path: pathlib.Path) -> None:
     (tmp_path / "folder.zip").mkdir()
     with pytest.raises(IsADirectoryError, match="folder"):
         model.save(tmp_path / "folder.zip")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Files that are not saved models
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_load_missing_file(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        NPG.load(tmp_path / "nothing_here.zip")
+
+
+def test_load_corrupt_files(tmp_path: pathlib.Path) -> None:
+    not_a_zip = tmp_path / "garbage.zip"
+    not_a_zip.write_bytes(b"this is not a saved model")
+    with pytest.raises(ValueError, match="garbage"):
+        NPG.load(not_a_zip)
+
+    NPG("MlpPolicy", toy_env(), **TINY).save(tmp_path / "whole.zip")
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes((tmp_path / "whole.zip").read_bytes()[:-200])
+    with pytest.raises(ValueError, match="truncated"):
+        NPG.load(truncated)
+
+    without_weights = tmp_path / "no_weights.zip"
+    with zipfile.ZipFile(tmp_path / "whole.zip") as whole, zipfile.ZipFile(without_weights, "w") as partial:
+        partial.writestr("data", whole.read("data"))
+    with pytest.raises(ValueError, match=r"policy\.pth"):
+        NPG.load(without_weights)
 
 
 # --------------------------------------------------------------------------------------------------------
