@@ -28,9 +28,10 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
+from sb3_npg.constants import DEFAULT_NUM_THREADS
 from sb3_npg.env_checks import FiniteCheck, NonFiniteError, with_finite_check
 from sb3_npg.fast.threads import timed_threads
-from sb3_npg.hyperparameters import DEFAULT_NUM_THREADS, NUM_THREADS_ALLOWED, valid_num_threads
+from sb3_npg.hyperparameters import NUM_THREADS_ALLOWED, valid_num_threads
 from sb3_npg.save_load.archive import (
     UntrustedLoadError,
     atomic_save_file,

@@ -12,9 +12,11 @@ sb3-contrib has masks (``MaskablePPO``) and memory (``RecurrentPPO``) but not bo
   each step, padded like the observations (with ones: a padded step has every action valid, and is never used) and
   yielded with each minibatch of sequences;
 - the rollout collection is ``RecurrentPPO.collect_rollouts`` with ``MaskablePPO``'s masking (:meth:`collect_rollouts`);
-- the training step is RecurrentNPG's (NPG's natural-gradient step on the real steps of the stored sequences, through
-  :class:`~sb3_npg.recurrent.SequenceBatch`), given the masks of the real steps, so the gradient, every Fisher product
-  and the KL after the step are those of the masked distribution.
+- the update is NPG's own :meth:`~sb3_npg.npg.NPG.train` on RecurrentNPG's batch of sequences
+  (:meth:`~sb3_npg.recurrent.RecurrentNPG._rollout_batch`: the real steps of the stored sequences, through
+  :class:`~sb3_npg.recurrent.SequenceBatch`) with RecurrentNPG's sequence critic; :meth:`MaskableRecurrentNPG._action_masks`
+  gives that batch the masks stored with the steps, so the gradient, every Fisher product and the KL after the step
+  are those of the masked distribution.
 
 :func:`evaluate_policy` evaluates with masks and memory (sb3-contrib's maskable ``evaluate_policy`` drops the LSTM
 states between steps when it masks).

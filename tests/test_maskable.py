@@ -26,6 +26,7 @@ from sb3_npg.fast.mlp_jacobian import MLPJacobian
 from sb3_npg.fisher import FISHER_BACKENDS, make_fisher
 from sb3_npg.jacobian import AutogradJacobian
 from sb3_npg.kl import mean_summed_kl
+from sb3_npg.npg import UpdateBatch
 from sb3_npg.parameters import flatten
 from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 from tests.dense import dense_kl_hessian, dense_scores, distribution_of, flat_actor
@@ -144,9 +145,9 @@ def test_step_equals_dense_natural_gradient_step_and_its_kl(
     action_space: str, step_length: str, sub_sampling_factor: int
 ) -> None:
     """
-    The update of ``_policy_step`` with masks is the dense step ``sqrt(2 eps / x^T F x) x``, ``x = (F + lambda I)^-1 g``
-    with F (on every ``sub_sampling_factor``-th sample) and g of the masked distribution; the KL it logs is the masked
-    KL measured independently, near target_kl.
+    The actor's update of ``train()`` on a batch with masks is the dense step ``sqrt(2 eps / x^T F x) x``,
+    ``x = (F + lambda I)^-1 g`` with F (on every ``sub_sampling_factor``-th sample) and g of the masked distribution;
+    the KL it logs is the masked KL measured independently, near target_kl.
     """
     target_kl = 0.01
     model = tiny_masked_model(
@@ -171,7 +172,9 @@ def test_step_equals_dense_natural_gradient_step_and_its_kl(
         old_parts = [th.distributions.Categorical(logits=part.logits.clone()) for part in _parts(old)]
     before = flat_actor(model)
 
-    model._policy_step(observations, actions, advantages, masks)
+    model._rollout_batch = lambda: UpdateBatch(observations, actions, advantages, th.zeros(24), model.policy, masks)
+    model._fit_critic = lambda *batch: 0.0
+    model.train()
 
     step = flat_actor(model) - before
     with th.no_grad():
