@@ -38,7 +38,7 @@ from torch import nn
 
 import sb3_npg
 from sb3_npg import NPG
-from sb3_npg.fisher import FISHER_BACKENDS
+from sb3_npg.constants import FISHER_BACKENDS
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent
 #: The repository's root: records name the files under it relative to it

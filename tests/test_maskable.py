@@ -22,8 +22,9 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_npg import MaskableNPG
+from sb3_npg.constants import FISHER_BACKENDS
 from sb3_npg.fast.mlp_jacobian import MLPJacobian
-from sb3_npg.fisher import FISHER_BACKENDS, make_fisher
+from sb3_npg.fisher import make_fisher
 from sb3_npg.jacobian import AutogradJacobian
 from sb3_npg.kl import mean_summed_kl
 from sb3_npg.npg import UpdateBatch
