@@ -1,7 +1,7 @@
 """
-A variant's constructor that passes NPG's arguments through: MaskableNPG and RecurrentNPG write
-``__init__(self, *args, **kwargs)`` and declare, as its ``__signature__``, NPG's signature with what differs
-(:func:`variant_signature`); :func:`bound_arguments` binds a call to it.
+A variant's constructor that passes NPG's arguments through: MaskableNPG and RecurrentNPG (and MaskableRecurrentNPG,
+on RecurrentNPG's) write ``__init__(self, *args, **kwargs)`` and declare, as its ``__signature__``, NPG's signature with
+what differs (:func:`variant_signature`); :func:`bound_arguments` binds a call to it.
 
 The declared signature is what ``inspect.signature`` shows (and with it the documentation, the RL Zoo bridge that
 reads the constructor's argument names, and interactive help), and it is the one a call is bound to: positional

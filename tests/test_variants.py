@@ -1,7 +1,8 @@
 """
-MaskableNPG and RecurrentNPG as NPG's variants: one constructor, whose arguments they pass through and declare as
-their signature (what code written for MaskablePPO / RecurrentPPO, the RL Zoo bridge and the documentation read), and
-sb3-contrib's rollout loops, which they call on themselves: every attribute those loops read must exist on the model.
+MaskableNPG, RecurrentNPG and MaskableRecurrentNPG as NPG's variants: one constructor, whose arguments they pass
+through and declare as their signature (what code written for MaskablePPO / RecurrentPPO, the RL Zoo bridge and the
+documentation read), and sb3-contrib's rollout loops, which MaskableNPG and RecurrentNPG call on themselves: every
+attribute those loops read must exist on the model.
 """
 
 import inspect
@@ -12,7 +13,8 @@ import pytest
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 
-from sb3_npg import NPG, MaskableNPG, RecurrentNPG
+from sb3_npg import NPG, MaskableNPG, MaskableRecurrentNPG, RecurrentNPG
+from sb3_npg.maskable_recurrent import MaskableRecurrentActorCriticPolicy
 from sb3_npg.zoo.validation import npg_arguments
 
 
@@ -38,8 +40,19 @@ def test_recurrent_signature_is_npgs_with_recurrentppos_rollout_length() -> None
     assert all(recurrent[name].default == p.default for name, p in parameters(NPG).items() if name != "n_steps")
 
 
+def test_maskable_recurrent_signature_is_recurrent_npgs_with_its_policy() -> None:
+    """RecurrentNPG's order and defaults (RecurrentPPO's n_steps; use_sde kept for RecurrentPPO's code, False only)."""
+    recurrent, maskable_recurrent = parameters(RecurrentNPG), parameters(MaskableRecurrentNPG)
+    assert [(name, p.kind, p.default) for name, p in maskable_recurrent.items()] == [
+        (name, p.kind, p.default) for name, p in recurrent.items()
+    ]
+    assert maskable_recurrent["policy"].annotation == str | type[MaskableRecurrentActorCriticPolicy]
+    with pytest.raises(ValueError, match="use_sde"):
+        MaskableRecurrentNPG("MlpLstmPolicy", invalid_action_env(), use_sde=True)
+
+
 def test_the_zoo_bridge_reads_the_variants_arguments() -> None:
-    assert npg_arguments(RecurrentNPG) == npg_arguments(NPG)
+    assert npg_arguments(RecurrentNPG) == npg_arguments(NPG) == npg_arguments(MaskableRecurrentNPG)
     assert npg_arguments(MaskableNPG) == npg_arguments(NPG) - {"use_sde", "sde_sample_freq"}
     assert {"fisher", "cg_damping", "target_kl", "step_length", "num_threads"} <= npg_arguments(MaskableNPG)
 
@@ -60,6 +73,7 @@ def test_positional_arguments_bind_as_in_maskableppo() -> None:
         (MaskableNPG, "MlpPolicy", None, {"use_sde": True}),  # not an argument of MaskableNPG, nor of MaskablePPO
         (MaskableNPG, "MlpPolicy", None, {"n_epochs": 5}),  # a PPO argument
         (RecurrentNPG, "MlpLstmPolicy", "CartPole-v1", {"clip_range": 0.2}),
+        (MaskableRecurrentNPG, "MlpLstmPolicy", None, {"n_epochs": 5}),
     ],
 )
 def test_an_unknown_argument_is_a_type_error(algorithm: type[NPG], policy: str, env_id: str | None, kwargs: dict) -> None:
@@ -77,6 +91,10 @@ def test_variant_arguments_reach_npg() -> None:
     assert (model.learning_rate, model.cg_damping, model.fisher, model.n_steps) == (3e-4, 0.2, "hessian", 128)
     with pytest.raises(ValueError, match="sub_sampling_factor"):
         RecurrentNPG("MlpLstmPolicy", "CartPole-v1", sub_sampling_factor=2)
+    masked = MaskableRecurrentNPG("MlpLstmPolicy", invalid_action_env(), 3e-4, 64, cg_damping=0.2, seed=0)
+    assert (masked.learning_rate, masked.n_steps, masked.cg_damping, masked.batch_size) == (3e-4, 64, 0.2, 128)
+    with pytest.raises(ValueError, match="sub_sampling_factor"):  # RecurrentNPG's check, reached through it
+        MaskableRecurrentNPG("MlpLstmPolicy", invalid_action_env(), sub_sampling_factor=2)
     with pytest.raises(ValueError, match="fisher"):
         MaskableNPG("MlpPolicy", invalid_action_env(), fisher="exact")
 
