@@ -265,7 +265,8 @@ def train_times(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
 
 def costs_markdown(record: dict[str, Any]) -> str:
     """``costs.md``: the training time per run of each algorithm side by side, and the learning curves' figure."""
-    first, *others = [algo for algo in record["algos"] if any(algo in by_algo for by_algo in record["train_time"].values())]
+    first, *baselines = record["algos"]
+    others = [algo for algo in baselines if any(algo in by_algo for by_algo in record["train_time"].values())]
     columns = ["env", *(f"{algo.upper()} median s (runs)" for algo in (first, *others))]
     columns += [f"{first.upper()} / {algo.upper()}" for algo in others]
     rows = []
