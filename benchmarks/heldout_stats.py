@@ -1,26 +1,36 @@
 """
 Statistics of the MuJoCo reward benchmark with ``rliable``: interquartile means with stratified-bootstrap
-confidence intervals, the probability of improvement of NPG over TRPO, and performance profiles.
+confidence intervals, the probability of improvement of NPG over each baseline (TRPO, PPO), performance profiles,
+learning curves and training time per run.
 
 Two sets of runs, reported apart:
 
 - **held-out**: the seeds the NPG entries were not chosen on (3 and up), ``benchmarks/results/heldout/rewards.jsonl``;
 - **tuning**: seeds 0-2, on which the entries were chosen (``benchmarks/results/rewards.jsonl``).
 
-For each set, env and algorithm, the score of a run is its final return (mean of 10 deterministic episodes of the
-final model, as ``benchmarks/rewards.py`` records it); only runs of today's entries count (a stale run is left
-out and counted). Per env (one task) and algorithm: the IQM of the scores with its 95 % stratified-bootstrap
-interval (``rliable.library.get_interval_estimates`` with ``rliable.metrics.aggregate_iqm``; with one task the
-strata are the seeds, resampled with replacement; with fewer than 4 seeds the IQM trims nothing and is the
-mean), and P(NPG > TRPO) (``rliable.metrics.probability_of_improvement``: the Mann-Whitney U statistic over
-all NPG-TRPO seed pairs, ties counting one half) with its 95 % interval (each algorithm's seeds resampled
-independently). The performance profiles (``rliable.library.create_performance_profile``: the fraction of runs
-whose final return exceeds τ, with 95 % bands) are drawn per env, held-out above, tuning below.
+For each set, env and algorithm of ``--algos`` (default ``npg trpo ppo``), the score of a run is its final return
+(mean of 10 deterministic episodes of the final model, as ``benchmarks/rewards.py`` records it); only runs of today's
+entries count (a stale run is left out and counted). Per env (one task) and algorithm: the IQM of the scores with its
+95 % stratified-bootstrap interval (``rliable.library.get_interval_estimates`` with ``rliable.metrics.aggregate_iqm``;
+with one task the strata are the seeds, resampled with replacement; with fewer than 4 seeds the IQM trims nothing and
+is the mean), and P(NPG > X) for each other algorithm X with runs (``rliable.metrics.probability_of_improvement``:
+the Mann-Whitney U statistic over all NPG-X seed pairs, ties counting one half) with its 95 % interval (each
+algorithm's seeds resampled independently). The tables get a column group per baseline with runs: without PPO runs
+they are the NPG-against-TRPO tables. The performance profiles (``rliable.library.create_performance_profile``: the
+fraction of runs whose final return exceeds τ, with 95 % bands) are drawn per env, held-out above, tuning below.
 
-Outputs: ``benchmarks/results/heldout/stats.md``, ``stats.json`` and ``performance_profiles.png``. Usage::
+On the held-out runs: the learning curves (evaluation return against steps, per env and algorithm: the IQM over the
+seeds at each evaluation step with its 95 % stratified-bootstrap band, ``get_interval_estimates`` of
+``aggregate_iqm`` step by step) and each run's ``train_time_s`` with the median per env and algorithm, side by side
+(the runs are made two at a time, one per core).
+
+Outputs: ``benchmarks/results/heldout/stats.md``, ``stats.json``, ``performance_profiles.png``, ``costs.md``,
+``costs.json`` (training times, learning curves) and ``learning_curves.png``. Usage::
 
     python benchmarks/heldout_stats.py                  # after each new held-out run (2-3 minutes on 1 busy core)
     python benchmarks/heldout_stats.py --reps 2000      # quicker, coarser intervals
+    python benchmarks/heldout_stats.py --npg-results benchmarks/results/heldout/npg/rewards.jsonl
+                                                        # the chosen NPG entries' held-out runs against TRPO and PPO
     python benchmarks/heldout_stats.py --npg-results benchmarks/results/heldout/variants/trpo_equivalent/rewards.jsonl \
         benchmarks/results/variants/trpo_equivalent/rewards.jsonl --out-dir benchmarks/results/heldout/variants/trpo_equivalent
                                                         # an NPG variant against the same TRPO runs
