@@ -293,6 +293,54 @@ def read_update_log(path: pathlib.Path) -> list[dict[str, float]]:
         return [{key: float(value) if value else math.nan for key, value in row.items()} for row in csv.DictReader(file)]
 
 
+# Statistics over seeds (rliable)
+
+#: The size of every confidence interval of the reward statistics
+CONFIDENCE = 0.95
+
+
+def rliable_problem() -> str | None:
+    """Why rliable's bootstrap cannot run in this environment (``None`` if it can), with what to install."""
+    try:
+        from rliable import library  # noqa: F401  (imports arch's bootstrap)
+    except Exception as error:  # arch 7 with pandas 3 fails with a TypeError while importing
+        return f"rliable cannot be imported ({type(error).__name__}: {error}); pip install rliable 'arch<8' 'pandas<3'"
+    import arch
+
+    if int(arch.__version__.split(".")[0]) >= 8:
+        return f"arch {arch.__version__} no longer takes the random_state rliable 1.2 passes; pip install 'arch<8' 'pandas<3'"
+    return None
+
+
+def interval_estimates(
+    score_dict: dict[str, Any], metric: Any, reps: int, bootstrap_seed: int
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """
+    ``rliable.library.get_interval_estimates`` (stratified bootstrap, percentile interval of size :data:`CONFIDENCE`)
+    of a scalar ``metric``, seeded; returns points and (low, high). rliable resamples with numpy's global generator
+    (its ``random_state`` does not reach the resampling), so it is seeded with ``bootstrap_seed`` first.
+    """
+    from rliable import library
+
+    np.random.seed(bootstrap_seed)
+    points, intervals = library.get_interval_estimates(
+        score_dict, lambda *scores: np.array([metric(*scores)]), reps=reps, confidence_interval_size=CONFIDENCE
+    )
+    return (
+        {key: float(value[0]) for key, value in points.items()},
+        {key: (float(value[0][0]), float(value[1][0])) for key, value in intervals.items()},
+    )
+
+
+def format_interval(point: float | None, interval: Sequence[float] | None, single: bool, digits: int = 0) -> str:
+    """``**point** [low, high]``; ``-`` without runs; no interval from ``single`` seeds (resampling one value)."""
+    if point is None or interval is None:
+        return "-"
+    if single:
+        return f"**{point:.{digits}f}** (one seed: no interval)"
+    return f"**{point:.{digits}f}** [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
 # Models and environments
 
 
