@@ -1,26 +1,36 @@
 """
 Statistics of the MuJoCo reward benchmark with ``rliable``: interquartile means with stratified-bootstrap
-confidence intervals, the probability of improvement of NPG over TRPO, and performance profiles.
+confidence intervals, the probability of improvement of NPG over each baseline (TRPO, PPO), performance profiles,
+learning curves and training time per run.
 
 Two sets of runs, reported apart:
 
 - **held-out**: the seeds the NPG entries were not chosen on (3 and up), ``benchmarks/results/heldout/rewards.jsonl``;
 - **tuning**: seeds 0-2, on which the entries were chosen (``benchmarks/results/rewards.jsonl``).
 
-For each set, env and algorithm, the score of a run is its final return (mean of 10 deterministic episodes of the
-final model, as ``benchmarks/rewards.py`` records it); only runs of today's entries count (a stale run is left
-out and counted). Per env (one task) and algorithm: the IQM of the scores with its 95 % stratified-bootstrap
-interval (``rliable.library.get_interval_estimates`` with ``rliable.metrics.aggregate_iqm``; with one task the
-strata are the seeds, resampled with replacement; with fewer than 4 seeds the IQM trims nothing and is the
-mean), and P(NPG > TRPO) (``rliable.metrics.probability_of_improvement``: the Mann-Whitney U statistic over
-all NPG-TRPO seed pairs, ties counting one half) with its 95 % interval (each algorithm's seeds resampled
-independently). The performance profiles (``rliable.library.create_performance_profile``: the fraction of runs
-whose final return exceeds τ, with 95 % bands) are drawn per env, held-out above, tuning below.
+For each set, env and algorithm of ``--algos`` (default ``npg trpo ppo``), the score of a run is its final return
+(mean of 10 deterministic episodes of the final model, as ``benchmarks/rewards.py`` records it); only runs of today's
+entries count (a stale run is left out and counted). Per env (one task) and algorithm: the IQM of the scores with its
+95 % stratified-bootstrap interval (``rliable.library.get_interval_estimates`` with ``rliable.metrics.aggregate_iqm``;
+with one task the strata are the seeds, resampled with replacement; with fewer than 4 seeds the IQM trims nothing and
+is the mean), and P(NPG > X) for each other algorithm X with runs (``rliable.metrics.probability_of_improvement``:
+the Mann-Whitney U statistic over all NPG-X seed pairs, ties counting one half) with its 95 % interval (each
+algorithm's seeds resampled independently). The tables get a column group per baseline with runs: without PPO runs
+they are the NPG-against-TRPO tables. The performance profiles (``rliable.library.create_performance_profile``: the
+fraction of runs whose final return exceeds τ, with 95 % bands) are drawn per env, held-out above, tuning below.
 
-Outputs: ``benchmarks/results/heldout/stats.md``, ``stats.json`` and ``performance_profiles.png``. Usage::
+On the held-out runs: the learning curves (evaluation return against steps, per env and algorithm: the IQM over the
+seeds at each evaluation step with its 95 % stratified-bootstrap band, ``get_interval_estimates`` of
+``aggregate_iqm`` step by step) and each run's ``train_time_s`` with the median per env and algorithm, side by side
+(the runs are made two at a time, one per core).
+
+Outputs: ``benchmarks/results/heldout/stats.md``, ``stats.json``, ``performance_profiles.png``, ``costs.md``,
+``costs.json`` (training times, learning curves) and ``learning_curves.png``. Usage::
 
     python benchmarks/heldout_stats.py                  # after each new held-out run (2-3 minutes on 1 busy core)
     python benchmarks/heldout_stats.py --reps 2000      # quicker, coarser intervals
+    python benchmarks/heldout_stats.py --npg-results benchmarks/results/heldout/npg/rewards.jsonl
+                                                        # the chosen NPG entries' held-out runs against TRPO and PPO
     python benchmarks/heldout_stats.py --npg-results benchmarks/results/heldout/variants/trpo_equivalent/rewards.jsonl \
         benchmarks/results/variants/trpo_equivalent/rewards.jsonl --out-dir benchmarks/results/heldout/variants/trpo_equivalent
                                                         # an NPG variant against the same TRPO runs
@@ -36,34 +46,31 @@ import datetime
 import importlib.metadata
 import json
 import pathlib
+import statistics
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # rewards.py, imported as a module, imports common.py and zoo_run.py from here
-
-from common import markdown_table, read_jsonl  # noqa: E402
-from rewards import BUDGETS, group_results, is_current  # noqa: E402
+from common import (
+    BUDGETS,
+    CONFIDENCE,
+    RESULTS,
+    format_interval,
+    group_results,
+    interval_estimates,
+    is_current,
+    label,
+    markdown_table,
+    read_jsonl,
+    repository_path,
+    rliable_problem,
+)
 
 MUJOCO = tuple(env for env, (group, _) in BUDGETS.items() if group == "mujoco")
 TUNING_SEEDS = (0, 1, 2)
-CONFIDENCE = 0.95
-
-
-def rliable_problem() -> str | None:
-    """Why rliable's bootstrap cannot run in this environment (``None`` if it can), with what to install."""
-    try:
-        from rliable import library  # noqa: F401  (imports arch's bootstrap)
-    except Exception as error:  # arch 7 with pandas 3 fails with a TypeError while importing
-        return f"rliable cannot be imported ({type(error).__name__}: {error}); pip install rliable 'arch<8' 'pandas<3'"
-    import arch
-
-    if int(arch.__version__.split(".")[0]) >= 8:
-        return f"arch {arch.__version__} no longer takes the random_state rliable 1.2 passes; pip install 'arch<8' 'pandas<3'"
-    return None
+#: The color of each algorithm in the figures
+COLORS = {"npg": "tab:red", "trpo": "tab:blue", "ppo": "tab:green", "a2c": "tab:orange"}
 
 
 def scores_by_cell(
@@ -88,35 +95,32 @@ def scores_by_cell(
                 if seeds is None or run["seed"] in seeds
             ]
             stale += sum(not is_current(run) for run in runs)
-            cells[env][algo] = [run for run in runs if is_current(run)]
+            cells[env][algo] = sorted((run for run in runs if is_current(run)), key=lambda run: run["seed"])
+            seeds_run = [run["seed"] for run in cells[env][algo]]
+            if len(set(seeds_run)) < len(seeds_run):
+                variants = sorted({label(run) for run in cells[env][algo]})
+                raise ValueError(
+                    f"{env}: runs of several {algo} entries on the same seeds ({variants}); give one entry's runs"
+                )
     return cells, stale
 
 
-def interval_estimates(
-    score_dict: dict[str, Any], metric: Any, reps: int, bootstrap_seed: int
-) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """``rliable.library.get_interval_estimates`` of a scalar ``metric``, seeded; returns points and (low, high)."""
-    from rliable import library
-
-    np.random.seed(bootstrap_seed)  # rliable resamples with numpy's global generator
-    points, intervals = library.get_interval_estimates(
-        score_dict, lambda *scores: np.array([metric(*scores)]), reps=reps, confidence_interval_size=CONFIDENCE
-    )
-    return (
-        {key: float(value[0]) for key, value in points.items()},
-        {key: (float(value[0][0]), float(value[1][0])) for key, value in intervals.items()},
-    )
+def improvement_key(algo: str, baseline: str) -> str:
+    """The key of P(``algo`` > ``baseline``) in the records: ``p_npg_over_trpo``, ``p_npg_over_ppo``, ..."""
+    return f"p_{algo}_over_{baseline}"
 
 
 def set_statistics(
-    cells: dict[str, dict[str, list[dict[str, Any]]]], reps: int, bootstrap_seed: int
+    cells: dict[str, dict[str, list[dict[str, Any]]]], algos: Sequence[str], reps: int, bootstrap_seed: int
 ) -> dict[str, dict[str, Any]]:
     """
-    Per env: each algorithm's seeds, returns, IQM and its interval; and P(NPG > TRPO) with its interval when both
-    have runs. Scores are arrays of shape (seeds, 1 task), as rliable takes them.
+    Per env: each algorithm's seeds, returns, IQM and its interval; and, for the first algorithm of ``algos`` against
+    each other one, P(first > other) with its interval when both have runs (``None`` otherwise). Scores are arrays of
+    shape (seeds, 1 task), as rliable takes them.
     """
     from rliable import metrics
 
+    first, *baselines = algos
     stats: dict[str, dict[str, Any]] = {}
     for env, by_algo in cells.items():
         scores = {algo: np.array([[run["final_mean_return"]] for run in runs]) for algo, runs in by_algo.items() if runs}
@@ -131,13 +135,14 @@ def set_statistics(
             }
             for algo, runs in by_algo.items()
         }
-        if {"npg", "trpo"} <= scores.keys():
-            pair = {"npg,trpo": (scores["npg"], scores["trpo"])}
-            point, interval = interval_estimates(pair, metrics.probability_of_improvement, reps, bootstrap_seed)
-            entry["p_npg_over_trpo"] = point["npg,trpo"]
-            entry["p_npg_over_trpo_ci"] = list(interval["npg,trpo"])
-        else:
-            entry["p_npg_over_trpo"] = entry["p_npg_over_trpo_ci"] = None
+        for baseline in baselines:
+            key = improvement_key(first, baseline)
+            if {first, baseline} <= scores.keys():
+                pair = {key: (scores[first], scores[baseline])}
+                point, interval = interval_estimates(pair, metrics.probability_of_improvement, reps, bootstrap_seed)
+                entry[key], entry[f"{key}_ci"] = point[key], list(interval[key])
+            else:
+                entry[key] = entry[f"{key}_ci"] = None
         stats[env] = entry
     return stats
 
@@ -160,7 +165,6 @@ def performance_profiles(
     from rliable import library, plot_utils
 
     envs = list(next(iter(sets.values())))
-    colors = {"npg": "tab:red", "trpo": "tab:blue", "ppo": "tab:green", "a2c": "tab:orange"}
     fig, axes = plt.subplots(len(sets), len(envs), figsize=(4.6 * len(envs), 3.6 * len(sets)), squeeze=False)
     for column, env in enumerate(envs):
         returns = [run["final_mean_return"] for cells in sets.values() for runs in cells[env].values() for run in runs]
@@ -180,7 +184,7 @@ def performance_profiles(
                     taus,
                     performance_profile_cis=bands,
                     ax=ax,
-                    colors={name: colors.get(algo, "k") for algo, name in names.items()},
+                    colors={name: COLORS.get(algo, "k") for algo, name in names.items()},
                     xlabel=r"final return $\tau$",
                     ylabel=r"fraction of runs $> \tau$" if column == 0 else "",
                     labelsize="medium",
@@ -193,45 +197,187 @@ def performance_profiles(
     plt.close(fig)
 
 
-def format_interval(point: float | None, interval: list[float] | None, single: bool, digits: int = 0) -> str:
-    """``**point** [low, high]``; ``-`` without runs; no interval from ``single`` seeds (resampling one value)."""
-    if point is None or interval is None:
-        return "-"
-    if single:
-        return f"**{point:.{digits}f}** (one seed: no interval)"
-    return f"**{point:.{digits}f}** [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+def curve_statistics(
+    cells: dict[str, dict[str, list[dict[str, Any]]]], reps: int, bootstrap_seed: int
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """
+    Per env and algorithm with runs: the evaluation steps every run has, and at each of them the IQM over the seeds of
+    the evaluation return with its 95 % stratified-bootstrap interval (``rliable.library.get_interval_estimates`` of
+    ``rliable.metrics.aggregate_iqm`` applied step by step to scores of shape (seeds, 1 task, steps): one bootstrap
+    draw of the seeds serves every step, as rliable draws its sample-efficiency curves).
+    """
+    from rliable import library, metrics
+
+    curves: dict[str, dict[str, dict[str, Any]]] = {}
+    for env, by_algo in cells.items():
+        curves[env] = {}
+        for algo, runs in by_algo.items():
+            runs = [run for run in runs if run.get("curve_steps")]
+            if not runs:
+                continue
+            steps = sorted(set.intersection(*(set(run["curve_steps"]) for run in runs)))
+            scores = np.array(
+                [[[dict(zip(run["curve_steps"], run["curve_returns"], strict=True))[step] for step in steps]] for run in runs]
+            )
+            np.random.seed(bootstrap_seed)
+            points, intervals = library.get_interval_estimates(
+                {algo: scores},
+                lambda frames: np.array([metrics.aggregate_iqm(frames[..., step]) for step in range(frames.shape[-1])]),
+                reps=reps,
+                confidence_interval_size=CONFIDENCE,
+            )
+            curves[env][algo] = {
+                "seeds": [run["seed"] for run in runs],
+                "steps": steps,
+                "iqm": [float(value) for value in points[algo]],
+                "iqm_ci_low": [float(value) for value in intervals[algo][0]],
+                "iqm_ci_high": [float(value) for value in intervals[algo][1]],
+            }
+    return curves
+
+
+def plot_learning_curves(curves: dict[str, dict[str, dict[str, Any]]], path: pathlib.Path, title: str) -> None:
+    """One panel per env: each algorithm's IQM of the evaluation return against steps, with its 95 % band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.6), squeeze=False)
+    for ax, (env, by_algo) in zip(axes[0], curves.items(), strict=True):
+        for algo, curve in by_algo.items():
+            color = COLORS.get(algo, "k")
+            ax.plot(curve["steps"], curve["iqm"], color=color, label=f"{algo.upper()} (n={len(curve['seeds'])})")
+            ax.fill_between(curve["steps"], curve["iqm_ci_low"], curve["iqm_ci_high"], color=color, alpha=0.2)
+        ax.set_title(env, fontsize="medium")
+        ax.set_xlabel("steps")
+        ax.grid(alpha=0.3)
+        if by_algo:
+            ax.legend(fontsize="small")
+    axes[0][0].set_ylabel("evaluation return (IQM, 95 % band)")
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train_times(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per env and algorithm with timed runs: each run's ``train_time_s`` by seed, their median and their number."""
+    times: dict[str, dict[str, dict[str, Any]]] = {}
+    for env, by_algo in cells.items():
+        times[env] = {}
+        for algo, runs in by_algo.items():
+            timed = {run["seed"]: run["train_time_s"] for run in runs if run.get("train_time_s") is not None}
+            if timed:
+                times[env][algo] = {"n": len(timed), "median_s": statistics.median(timed.values()), "by_seed": timed}
+    return times
+
+
+def costs_markdown(record: dict[str, Any]) -> str:
+    """``costs.md``: the training time per run of each algorithm side by side, and the learning curves' figure."""
+    first, *baselines = record["algos"]
+    others = [algo for algo in baselines if any(algo in by_algo for by_algo in record["train_time"].values())]
+    columns = ["env", *(f"{algo.upper()} median s (runs)" for algo in (first, *others))]
+    columns += [f"{first.upper()} / {algo.upper()}" for algo in others]
+    rows = []
+    for env, by_algo in record["train_time"].items():
+        cells = [
+            f"{by_algo[algo]['median_s']:.0f} ({by_algo[algo]['n']})" if algo in by_algo else "-" for algo in (first, *others)
+        ]
+        cells += [
+            f"{by_algo[first]['median_s'] / by_algo[algo]['median_s']:.2f}" if {first, algo} <= by_algo.keys() else "-"
+            for algo in others
+        ]
+        rows.append([env, *cells])
+    lines = [
+        "# What a 1e6-step run costs and how it learns",
+        "",
+        f"Generated by `{record['command']}` on {record['date']} from the held-out runs of",
+        f"{', '.join(f'`{source}`' for source in record['sources'])} (seeds {record['seeds']}, today's entries only).",
+        "",
+        "## Training time per run",
+        "",
+        "`train_time_s` of each run (wall seconds of `learn()`, as `benchmarks/rewards.py` records it), median over the",
+        "seeds. The runs were made two at a time, one per core of a 2-core CPU machine, with one torch thread each:",
+        "a run's time is the time under that load. Pauses of the queue are not subtracted (`benchmarks/train_time.py`",
+        "does that for NPG against TRPO).",
+        "",
+        *markdown_table(columns, rows),
+        "",
+        "Per seed (seed: train_time_s):",
+        "",
+    ]
+    for env, by_algo in record["train_time"].items():
+        for algo, cell in by_algo.items():
+            lines.append(
+                f"- {env} {algo.upper()}: " + ", ".join(f"{seed}: {time:.0f}" for seed, time in cell["by_seed"].items())
+            )
+    lines += [
+        "",
+        "## Learning curves",
+        "",
+        "Evaluation return against steps (the Zoo's evaluation during training, as `benchmarks/rewards.py` records it),",
+        "per env and algorithm: the IQM over the seeds at each evaluation step with its 95 % stratified-bootstrap",
+        f"interval (rliable {record['rliable']} `get_interval_estimates` of `aggregate_iqm`, step by step, {record['reps']}",
+        f"replications, percentile intervals, numpy seed {record['bootstrap_seed']}; with fewer than 4 seeds the IQM is",
+        "the mean).",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def algos_with_runs(report: dict[str, Any]) -> list[str]:
+    """The algorithms of ``report`` that have a run in some set and env, in the order of ``--algos`` (the first always)."""
+    first, *others = report["algos"]
+    ran = {algo for data in report["sets"].values() for entry in data["envs"].values() for algo in others if entry[algo]["n"]}
+    return [first, *(algo for algo in others if algo in ran)]
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The tables of ``stats.md``: one per set, a row per env."""
-    stale = ", ".join(f"{name} {data['stale_runs_left_out']}" for name, data in report["sets"].items())
+    """
+    The tables of ``stats.md``: one per set, a row per env; a column group per baseline (its IQM, the first
+    algorithm's IQM minus it, P(first > it)) for the baselines with runs.
+    """
+    first, *baselines = algos_with_runs(report)
+    name, names = first.upper(), [baseline.upper() for baseline in baselines]
+    stale = ", ".join(f"{set_name} {data['stale_runs_left_out']}" for set_name, data in report["sets"].items())
+    other = names[0] if len(names) == 1 else "B"  # the baseline in the sentence defining P(first > baseline)
+    of_baselines = f"{other}: {', '.join(names)}; " if len(names) > 1 else ""
     lines = [
-        "# MuJoCo final returns: IQM, 95 % intervals, P(NPG > TRPO)",
+        "# MuJoCo final returns: IQM, 95 % intervals" + "".join(f", P({name} > {baseline})" for baseline in names),
         "",
         f"Generated by `{report['command']}` on {report['date']} from the JSON lines named below (today's entries",
         f"only; stale runs left out: {stale}). Score of a run: mean return of 10 deterministic episodes of the final",
         f"model at 1e6 steps. rliable {report['rliable']}: stratified bootstrap over seeds, {report['reps']} replications,",
         f"percentile intervals, numpy seed {report['bootstrap_seed']}. IQM: the 25 % trimmed mean over seeds (with fewer",
-        "than 4 seeds it trims nothing: the mean). P(NPG > TRPO): the probability that an NPG seed ends above a TRPO",
-        "seed (Mann-Whitney U / (n_NPG n_TRPO), ties one half).",
+        f"than 4 seeds it trims nothing: the mean). P({name} > {other}): the probability that an {name} seed ends "
+        f"above a {other}",
+        f"seed ({of_baselines}Mann-Whitney U / (n_{name} n_{other}), ties one half).",
         "",
     ]
-    columns = ["env", "NPG IQM [95 % CI]", "TRPO IQM [95 % CI]", "NPG - TRPO (IQM)", "P(NPG > TRPO) [95 % CI]"]
-    columns.append("seeds NPG / TRPO")
-    for name, data in report["sets"].items():
+    columns = ["env", f"{name} IQM [95 % CI]"]
+    for other in names:
+        columns += [f"{other} IQM [95 % CI]", f"{name} - {other} (IQM)", f"P({name} > {other}) [95 % CI]"]
+    columns.append("seeds " + " / ".join([name, *names]))
+    for set_name, data in report["sets"].items():
         rows = []
         for env, entry in data["envs"].items():
-            npg, trpo = entry.get("npg", {}), entry.get("trpo", {})
-            both = npg.get("iqm") is not None and trpo.get("iqm") is not None
-            cells = [
-                format_interval(npg.get("iqm"), npg.get("iqm_ci"), npg.get("n") == 1),
-                format_interval(trpo.get("iqm"), trpo.get("iqm_ci"), trpo.get("n") == 1),
-                f"{npg['iqm'] - trpo['iqm']:+.0f}" if both else "-",
-                format_interval(entry["p_npg_over_trpo"], entry["p_npg_over_trpo_ci"], npg.get("n") == trpo.get("n") == 1, 2),
-                f"{npg.get('n', 0)} / {trpo.get('n', 0)}",
-            ]
+            own = entry[first]
+            cells = [format_interval(own["iqm"], own["iqm_ci"], own["n"] == 1)]
+            for baseline in baselines:
+                other = entry[baseline]
+                both = own["iqm"] is not None and other["iqm"] is not None
+                key = improvement_key(first, baseline)
+                cells += [
+                    format_interval(other["iqm"], other["iqm_ci"], other["n"] == 1),
+                    f"{own['iqm'] - other['iqm']:+.0f}" if both else "-",
+                    format_interval(entry[key], entry[f"{key}_ci"], own["n"] == other["n"] == 1, 2),
+                ]
+            cells.append(" / ".join(str(entry[algo]["n"]) for algo in (first, *baselines)))
             rows.append([env, *cells])
-        lines += [f"## {name.capitalize()} seeds ({data['source']})", "", *markdown_table(columns, rows)]
+        lines += [f"## {set_name.capitalize()} seeds ({data['source']})", "", *markdown_table(columns, rows)]
         lines += ["", "Per seed (seed: final return):", ""]
         for env, entry in data["envs"].items():
             for algo in report["algos"]:
@@ -246,11 +392,16 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--heldout", type=pathlib.Path, default=HERE / "results" / "heldout" / "rewards.jsonl")
-    parser.add_argument("--tuning", type=pathlib.Path, default=HERE / "results" / "rewards.jsonl")
+    parser.add_argument("--heldout", type=pathlib.Path, default=RESULTS / "heldout" / "rewards.jsonl")
+    parser.add_argument("--tuning", type=pathlib.Path, default=RESULTS / "rewards.jsonl")
     parser.add_argument("--tuning-seeds", nargs="+", type=int, default=list(TUNING_SEEDS), help="default: %(default)s")
     parser.add_argument("--envs", nargs="+", default=list(MUJOCO), help="default: %(default)s")
-    parser.add_argument("--algos", nargs="+", default=["npg", "trpo"], help="default: %(default)s")
+    parser.add_argument(
+        "--algos",
+        nargs="+",
+        default=["npg", "trpo", "ppo"],
+        help="the first against each other one; the tables show the ones with runs (default: %(default)s)",
+    )
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap replications (default: %(default)s)")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="numpy seed of every bootstrap (default: 0)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=None, help="default: the held-out results file's folder")
@@ -270,7 +421,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if problem is not None:
         raise SystemExit(problem)
     tuning_seeds = set(args.tuning_seeds)
-    heldout_seeds = {r["seed"] for r in read_jsonl(args.heldout)} - tuning_seeds
+    npg_files = args.npg_results or []
+    heldout_seeds = {run["seed"] for path in (args.heldout, *npg_files) for run in read_jsonl(path)} - tuning_seeds
     sources = {"held-out": (args.heldout, heldout_seeds), "tuning": (args.tuning, tuning_seeds)}
     sets, report_sets = {}, {}
     for name, (path, seeds) in sources.items():
@@ -282,9 +434,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cells, stale = scores_by_cell(runs, args.envs, args.algos, seeds)
         sets[name] = cells
         report_sets[name] = {
-            "source": str(path.resolve().relative_to(HERE.parent) if path.resolve().is_relative_to(HERE.parent) else path),
+            "source": repository_path(path),
             "stale_runs_left_out": stale,
-            "envs": set_statistics(cells, args.reps, args.bootstrap_seed),
+            "envs": set_statistics(cells, args.algos, args.reps, args.bootstrap_seed),
         }
     out_dir = args.out_dir or args.heldout.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +453,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out_dir / "stats.json").write_text(json.dumps(report, indent=1) + "\n")
     (out_dir / "stats.md").write_text(markdown(report))
     performance_profiles(sets, args.algos, out_dir / "performance_profiles.png", min(args.reps, 2000), args.bootstrap_seed)
+    curves = curve_statistics(sets["held-out"], args.reps, args.bootstrap_seed)
+    costs = {
+        **{key: report[key] for key in ("command", "date", "rliable", "reps", "bootstrap_seed", "confidence", "algos")},
+        "sources": [repository_path(path) for path in (args.heldout, *npg_files)],
+        "seeds": sorted(heldout_seeds),
+        "train_time": train_times(sets["held-out"]),
+        "learning_curves": curves,
+    }
+    (out_dir / "costs.json").write_text(json.dumps(costs, indent=1) + "\n")
+    (out_dir / "costs.md").write_text(costs_markdown(costs))
+    plot_learning_curves(curves, out_dir / "learning_curves.png", f"held-out seeds {sorted(heldout_seeds)}")
     print((out_dir / "stats.md").read_text())
+    print((out_dir / "costs.md").read_text())
     return report
 
 

@@ -42,7 +42,7 @@ from common import append_jsonl, entry_model, markdown_table, npg_entry, read_js
 from stable_baselines3.common.logger import configure
 
 from sb3_npg import NPG
-from sb3_npg.hyperparameters import STEP_LENGTHS
+from sb3_npg.constants import STEP_LENGTHS
 
 HERE = pathlib.Path(__file__).resolve().parent
 #: The entries of npg.yml by group (``default`` and ``atari`` are not env entries)

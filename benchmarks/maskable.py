@@ -33,81 +33,15 @@ import statistics
 import time
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch as th
-from common import RESULTS, append_jsonl, machine_line, markdown_table, read_jsonl
-from gymnasium import spaces
+from common import RESULTS, VersusRandom, append_jsonl, machine_line, markdown_table, masked_task_env, read_jsonl
 from sb3_contrib import MaskablePPO
-from sb3_contrib.common.envs import InvalidActionEnvDiscrete, InvalidActionEnvMultiDiscrete
 from sb3_contrib.common.maskable.evaluation import evaluate_policy
 
 from sb3_npg import NPG, MaskableNPG
 
 DEFAULT_OUT = str(RESULTS / "maskable.jsonl")
-
-
-class VersusRandom(gym.Env):
-    """
-    A two-player PettingZoo classic game (AEC API) as a single-agent env against a uniformly random opponent.
-
-    The learning player is drawn at random each game; observations are the game's ``observation`` planes
-    (flattened), ``action_masks()`` its ``action_mask``. An illegal move ends the game as a loss (PettingZoo's rule).
-
-    :param game: ``"tictactoe_v3"`` or ``"connect_four_v3"``
-    """
-
-    def __init__(self, game: str = "tictactoe_v3"):
-        from pettingzoo import classic
-        from pettingzoo.utils.env_logger import EnvLogger
-
-        EnvLogger.suppress_output()  # the illegal-move warnings of the unmasked runs
-        self.game = getattr(classic, game).env()
-        self.game.reset(seed=0)
-        player = self.game.possible_agents[0]
-        planes = self.game.observation_space(player)["observation"]
-        self.observation_space = spaces.Box(0.0, 1.0, (int(np.prod(planes.shape)),), np.float32)
-        self.action_space = spaces.Discrete(int(self.game.action_space(player).n))
-        self.player = player
-
-    def _observation(self) -> np.ndarray:
-        return self.game.observe(self.player)["observation"].astype(np.float32).ravel()
-
-    def action_masks(self) -> np.ndarray:
-        return self.game.observe(self.player)["action_mask"].astype(bool)
-
-    def _over(self) -> bool:
-        return bool(self.game.terminations[self.player] or self.game.truncations[self.player])
-
-    def _opponent_moves(self) -> None:
-        while not self._over() and self.game.agent_selection != self.player:
-            legal = np.flatnonzero(self.game.observe(self.game.agent_selection)["action_mask"])
-            self.game.step(int(self.np_random.choice(legal)))
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self.game.reset(seed=int(self.np_random.integers(2**31)))
-        self.player = self.game.possible_agents[int(self.np_random.integers(2))]
-        self._opponent_moves()
-        return self._observation(), {}
-
-    def step(self, action):
-        illegal = not self.action_masks()[int(action)]
-        self.game.step(int(action))
-        self._opponent_moves()
-        over = self._over()
-        reward = float(self.game.rewards[self.player]) if over else 0.0
-        return self._observation(), reward, over, False, {"illegal": illegal}
-
-
-def make_env(task: str) -> gym.Env:
-    if task == "discrete":
-        return InvalidActionEnvDiscrete(dim=70, n_invalid_actions=55)
-    if task == "multidiscrete":
-        return InvalidActionEnvMultiDiscrete(dims=[4, 6], n_invalid_actions=5)
-    if task == "tictactoe":
-        return VersusRandom("tictactoe_v3")
-    raise ValueError(f"Unknown task {task!r}")
 
 
 class RandomValidPlayer:
@@ -126,7 +60,7 @@ class RandomValidPlayer:
 def make_model(algo: str, task: str, seed: int):
     if algo == "random":
         return RandomValidPlayer(seed)
-    env = make_env(task)
+    env = masked_task_env(task)
     kwargs: dict[str, Any] = {"gamma": 0.4} if task != "tictactoe" else {}
     if algo == "maskable_npg":
         return MaskableNPG("MlpPolicy", env, seed=seed, **kwargs)
@@ -167,7 +101,7 @@ def run(algo: str, task: str, seed: int, timesteps: int, games: int) -> dict[str
         result.update(play_games(model, games, use_masking=algo != "npg", seed=seed))
         result["games"] = games
     else:
-        env = make_env(task)
+        env = masked_task_env(task)
         env.reset(seed=10_000 + seed)
         mean, std = evaluate_policy(model, env, n_eval_episodes=20, deterministic=True, warn=False)
         result.update(mean_return=float(mean), std_return=float(std))

@@ -25,14 +25,13 @@ already there are skipped; ``summary.md`` beside it is rewritten from all the ru
 import argparse
 import datetime
 import pathlib
-import platform
 import statistics
 import tempfile
 import time
 from typing import Any
 
 import torch as th
-from common import RESULTS, append_jsonl, machine, markdown_table, read_jsonl, sb3_npg_checkout
+from common import RESULTS, append_jsonl, machine_line, markdown_table, read_jsonl
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy as sb3_evaluate_policy
@@ -54,15 +53,6 @@ ALGORITHMS: dict[str, tuple[Any, str, dict[str, Any], dict[str, Any], bool]] = {
     "recurrent_ppo": (RecurrentPPO, "MlpLstmPolicy", LSTM, {}, False),
 }
 EVAL_SEED_OFFSET = 1000
-
-
-def machine_kind() -> str:
-    """The machine and code of a run, without local paths: architecture, cores, versions, the sb3_npg commit."""
-    found, (_, commit) = machine(), sb3_npg_checkout()
-    return (
-        f"{platform.machine()}, {found['cpu_count']} cores, torch {found['torch']} ({found['torch_threads']} thread), "
-        f"SB3 {found['sb3']}, Python {found['python']}" + (f", sb3_npg commit {commit[:10]}" if commit else "")
-    )
 
 
 def run(algo: str, seed: int, timesteps: int, episodes: int) -> dict[str, Any]:
@@ -89,7 +79,7 @@ def run(algo: str, seed: int, timesteps: int, episodes: int) -> dict[str, Any]:
         "mean_return": float(statistics.fmean(returns)),
         "train_time": round(train_time, 1),
         "date": datetime.date.today().isoformat(),
-        "machine": machine_kind(),
+        "machine": machine_line(),
     }
 
 

@@ -46,7 +46,6 @@ log folders; its runs are current while their hyperparameters are today's entry 
 import argparse
 import collections
 import datetime
-import functools
 import json
 import pathlib
 import shutil
@@ -55,32 +54,29 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
-from common import append_jsonl, machine, markdown_table, read_jsonl
+from common import (
+    BUDGETS,
+    GROUPS,
+    RECURRENT_GROUP,
+    UPDATE_LOG,
+    append_jsonl,
+    expand_envs,
+    group_results,
+    is_current,
+    label,
+    machine,
+    markdown_table,
+    read_jsonl,
+    repository_path,
+    variant_of,
+)
 
 HERE = pathlib.Path(__file__).resolve().parent
 
-#: env -> (group, number of steps). Classic control at 1e5; Box2D at TRPO's Zoo budgets; MuJoCo at 1e6.
-BUDGETS: dict[str, tuple[str, int]] = {
-    "CartPole-v1": ("classic", 100_000),
-    "Pendulum-v1": ("classic", 100_000),
-    "Acrobot-v1": ("classic", 100_000),
-    "LunarLander-v3": ("box2d", 200_000),
-    "LunarLanderContinuous-v3": ("box2d", 100_000),
-    "HalfCheetah-v5": ("mujoco", 1_000_000),
-    "Hopper-v5": ("mujoco", 1_000_000),
-    "Walker2d-v5": ("mujoco", 1_000_000),
-    "CartPoleNoVel-v1": ("recurrent", 100_000),
-    "PendulumNoVel-v1": ("recurrent", 100_000),
-    "MountainCarContinuousNoVel-v0": ("recurrent", 300_000),
-}
-GROUPS = ("classic", "box2d", "mujoco")
-RECURRENT_GROUP = "recurrent"
-"""Velocity-masked envs (partial observation), at RecurrentPPO's RL Zoo budgets; run only when asked for."""
 ALGOS = ("npg", "trpo", "ppo", "a2c")
 RECURRENT_ALGOS = ("npg_lstm", "ppo_lstm", "npg")
 """The algorithms run on the recurrent group by default: memory (NPG, PPO) and NPG without it."""
@@ -92,17 +88,6 @@ QUICK_STEPS = 10_000
 RunKey = tuple[str, str, int, int]  # algo, env, seed, steps
 
 
-def expand_envs(names: Iterable[str]) -> list[str]:
-    """Env ids, with group names (classic, box2d, mujoco, recurrent) expanded."""
-    envs: list[str] = []
-    for name in names:
-        members = (
-            [env for env, (group, _) in BUDGETS.items() if group == name] if name in (*GROUPS, RECURRENT_GROUP) else [name]
-        )
-        envs.extend(env for env in members if env not in envs)
-    return envs
-
-
 def run_key(result: dict[str, Any]) -> RunKey:
     """The (algo, env, seed, budget) a recorded run answers; the Zoo trains whole rollouts, so steps >= budget."""
     budget = result.get("n_timesteps")
@@ -112,73 +97,12 @@ def run_key(result: dict[str, Any]) -> RunKey:
     return result["algo"], result["env"], result["seed"], int(budget)
 
 
-def canonical_value(value: str) -> str:
-    """
-    A saved hyperparameter in one spelling: a ``policy_kwargs`` string such as ``"dict(log_std_init=-2, ...)"``
-    (an entry, or a run's saved entry) is evaluated as the Zoo does and printed with sorted keys, the way a
-    ``--hyperparams`` override comes back from the Zoo's ``config.yml``.
-    """
-    if not value.startswith("dict("):
-        return value
-    from torch import nn
-
-    def sorted_keys(item: Any) -> Any:
-        return {key: sorted_keys(item[key]) for key in sorted(item)} if isinstance(item, dict) else item
-
-    return str(sorted_keys(eval(value, {"nn": nn})))  # the one name the Zoo's policy_kwargs strings use
-
-
-def variant_of(result: dict[str, Any]) -> tuple[str, ...]:
-    """The ``KEY:VALUE`` overrides of the variant a run belongs to (``()`` for the shipped entry)."""
-    return tuple(result.get("variant", ()))
-
-
-def label(result: dict[str, Any]) -> str:
-    """The algorithm's name in tables and figures: ``npg``, or ``npg[step_length:'exact']`` for a variant."""
-    variant = variant_of(result)
-    return f"{result['algo']}[{','.join(variant)}]" if variant else result["algo"]
-
-
-@functools.cache
-def current_entry(algo: str, env: str, variant: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...] | None:
-    """
-    The hyperparameters a run of ``algo`` on ``env`` uses today (as the Zoo saves them: values as strings,
-    without ``n_timesteps``), from the same file and entry as ``zoo_run.py``, with the ``variant``'s overrides
-    applied as the Zoo applies ``--hyperparams`` (values evaluated); ``None`` if there is none.
-    """
-    from torch import nn
-    from zoo_run import config_entry
-
-    found = config_entry(algo, env)
-    if found is None:
-        return None
-    entry = {str(key): canonical_value(str(value)) for key, value in found[1].items() if key != "n_timesteps"}
-    for override in variant:
-        key, _, value = override.partition(":")
-        entry[key] = canonical_value(str(eval(value, {"nn": nn})))
-    return tuple(sorted(entry.items()))
-
-
-def is_current(result: dict[str, Any]) -> bool:
-    """
-    Whether a recorded run used the hyperparameters its config entry has today, with its variant's overrides
-    (unknown: assumed so).
-    """
-    saved = result.get("hyperparams")
-    entry = current_entry(result["algo"], result["env"], variant_of(result))
-    if saved is None or entry is None:
-        return True
-    return tuple(sorted((key, canonical_value(value)) for key, value in saved.items() if key != "n_timesteps")) == entry
-
-
 def keep_update_log(run_dir: pathlib.Path, result: dict[str, Any], results_path: pathlib.Path) -> None:
     """
-    Copy a finished run's per-update log (``zoo_run.UPDATE_LOG``) into ``updates/`` beside the results file, named
+    Copy a finished run's per-update log (``common.UPDATE_LOG``) into ``updates/`` beside the results file, named
     after the run and its date so that a rerun never overwrites it, and point ``result["update_log"]`` at the copy
     (relative to the results file); a run without one (recorded before the log existed) gets ``None``.
     """
-    from zoo_run import UPDATE_LOG
-
     source = run_dir / UPDATE_LOG
     if not source.is_file():
         result["update_log"] = None
@@ -340,24 +264,11 @@ def adopt_run(run_dir: pathlib.Path, results_path: pathlib.Path, variant: tuple[
         return [f"{run_dir}: {run_key(result)} is already recorded"]
     finished_at = datetime.datetime.fromtimestamp(finished.stat().st_mtime, datetime.timezone.utc)
     result.update(machine=machine(), date=finished_at.isoformat(timespec="seconds"), wall_time_s=None)
-    result["adopted_from"] = str(run_dir)
+    result["adopted_from"] = repository_path(run_dir)
     keep_update_log(run_dir, result, results_path)
     append_jsonl(results_path, result)
     print(f"adopted {run_key(result)}: {result['final_mean_return']:.1f}")
     return []
-
-
-def group_results(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Runs by (env, algo), one per seed (the latest current line wins, else the latest stale one), sorted by seed."""
-    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for result in results:
-        key = (result["env"], label(result), result["seed"])
-        if is_current(result) or key not in latest or not is_current(latest[key]):
-            latest[key] = result
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
-    for (env, algo, _), result in sorted(latest.items()):
-        grouped[(env, algo)].append(result)
-    return grouped
 
 
 def algo_order(algo: str) -> tuple[int, str]:

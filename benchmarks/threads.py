@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from common import machine, markdown_table, write_record
+from common import config_entry, machine, markdown_table, masked_task_env, write_record
 
 SETTINGS = ("idle", "one-core-held", "all-cores")
 THREADS = ("torch", "1", "npg-default")
@@ -54,7 +54,7 @@ NPG_ALGOS = ("npg", "npg_lstm", "maskable_npg")
 #: Seconds a run may take to create its model before ``learn()`` (an error in the child shows as this timeout)
 CREATION_TIMEOUT = 120.0
 #: Imported before the runs are forked (imports only: no torch operation runs in the parent)
-PRELOADED = ("maskable", "zoo_run", "rl_zoo3.import_envs", "rl_zoo3.utils", "sb3_contrib", "stable_baselines3", "sb3_npg.zoo")
+PRELOADED = ("rl_zoo3.import_envs", "rl_zoo3.utils", "sb3_contrib", "stable_baselines3", "sb3_npg.zoo")
 # name -> (algorithm, env id, timesteps per learn(), timeout in seconds)
 WORKLOADS: dict[str, tuple[str, str, int, float]] = {
     "npg-cartpole": ("npg", "CartPole-v1", 4096, 20.0),
@@ -70,7 +70,6 @@ WORKLOADS: dict[str, tuple[str, str, int, float]] = {
 
 def make_model(algo: str, env_id: str, seed: int, num_threads: int | None) -> Any:
     """The model of one workload: its Zoo entry (or maskable.py's task), ``num_threads`` for the NPG family."""
-    import zoo_run
     from rl_zoo3 import import_envs  # noqa: F401  (registers CartPoleNoVel-v1)
     from rl_zoo3.utils import linear_schedule
     from stable_baselines3.common.env_util import make_vec_env
@@ -81,17 +80,16 @@ def make_model(algo: str, env_id: str, seed: int, num_threads: int | None) -> An
 
     npg_kwargs = {"num_threads": num_threads} if algo in NPG_ALGOS else {}
     if algo in ("maskable_npg", "maskable_ppo"):
-        import maskable
         from sb3_contrib import MaskablePPO
 
         from sb3_npg import MaskableNPG
 
         algorithm = MaskableNPG if algo == "maskable_npg" else MaskablePPO
-        return algorithm("MlpPolicy", maskable.make_env(env_id), gamma=0.4, seed=seed, device="cpu", **npg_kwargs)
+        return algorithm("MlpPolicy", masked_task_env(env_id), gamma=0.4, seed=seed, device="cpu", **npg_kwargs)
     from sb3_contrib import RecurrentPPO
     from stable_baselines3 import PPO
 
-    found = zoo_run.config_entry(algo, env_id)
+    found = config_entry(algo, env_id)
     if found is None:
         raise KeyError(f"no Zoo entry for {algo} on {env_id}")
     entry = dict(found[1])
@@ -268,7 +266,7 @@ def main() -> None:
     found = {**machine(), "torch_threads": th.get_num_threads()}
     header = (
         f"Command: `python benchmarks/threads.py {' '.join(sys.argv[1:])}`, {started} to {finished}, "
-        f"{found['cpu_count']} cores, torch {found['torch']} (default {found['torch_threads']} threads), "
+        f"{found['kind']}, torch {found['torch']} (default {found['torch_threads']} threads), "
         f"SB3 {found['sb3']}, Python {found['python']}, sb3_npg commit {found['sb3_npg_commit']}; "
         f"load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end."
     )

@@ -47,8 +47,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 import sb3_npg.fast.critic
 import sb3_npg.fast.mlp
 from sb3_npg import NPG
-from sb3_npg.fisher import FISHER_BACKENDS
-from sb3_npg.hyperparameters import STEP_LENGTHS
+from sb3_npg.constants import FISHER_BACKENDS, STEP_LENGTHS
 
 ALGORITHMS = ("trpo", *(f"npg-{backend}" for backend in FISHER_BACKENDS), "npg-exact")
 

@@ -34,34 +34,8 @@ from typing import Any
 
 import numpy as np
 import yaml
-from common import SHIPPED_HYPERPARAMS
+from common import NPG_ALGOS, UPDATE_LOG, config_entry, repository_path, zoo_config
 from stable_baselines3.common.callbacks import BaseCallback
-
-#: The per-update log of a run, in its log folder.
-UPDATE_LOG = "updates.csv.gz"
-
-NPG_ALGOS = ("npg", "npg_lstm")
-"""The algorithms of sb3_npg (registered in the Zoo by ``sb3_npg.zoo.register``), with their shipped files."""
-
-
-def zoo_config(algo: str) -> pathlib.Path:
-    """The hyperparameter file used for ``algo``: NPG's (or RecurrentNPG's) shipped one, else the RL Zoo's own."""
-    if algo in NPG_ALGOS:
-        return SHIPPED_HYPERPARAMS / f"{algo}.yml"
-    import rl_zoo3
-
-    return pathlib.Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml"
-
-
-def config_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]] | None:
-    """
-    The entry of ``algo``'s config file used for ``env_id`` (``sb3_npg.zoo.zoo_entry``: its own, else its ``-v4``
-    sibling's, else a ``NoVel`` env's full env's, else the ``atari`` entry); ``None`` if none applies.
-    """
-    from sb3_npg.zoo import zoo_entry
-
-    with open(zoo_config(algo)) as file:
-        return zoo_entry(yaml.safe_load(file), env_id)
 
 
 def resolve_config(algo: str, env_id: str, run_dir: pathlib.Path) -> tuple[pathlib.Path, str]:
@@ -279,14 +253,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_time_s": round(timing["train_time_s"], 2),
         "run_time_s": round(time.perf_counter() - start, 2),
         "skipped_updates": timing["skipped_updates"],
-        "config": str(config.name if config.parent != run_dir else config),
+        "config": config.name if config.parent != run_dir else repository_path(config),
         "config_entry": entry,
         "overrides": args.hyperparams,
         "hyperparams": hyperparams,
         "curve_steps": steps,
         "curve_returns": curve,
         "update_log": UPDATE_LOG,
-        "command": " ".join(zoo_argv),
+        "command": " ".join(repository_path(arg) if arg in (str(run_dir), str(config)) else arg for arg in zoo_argv),
     }
     with open(run_dir / "result.json.tmp", "w") as file:
         json.dump(result, file)

@@ -30,6 +30,7 @@ myst_enable_extensions = ["colon_fence", "dollarmath"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
 autodoc_default_options = {"show-inheritance": True}
 autosummary_generate = False
 

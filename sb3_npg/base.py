@@ -28,9 +28,10 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
+from sb3_npg.constants import DEFAULT_NUM_THREADS
 from sb3_npg.env_checks import FiniteCheck, NonFiniteError, with_finite_check
 from sb3_npg.fast.threads import timed_threads
-from sb3_npg.hyperparameters import DEFAULT_NUM_THREADS, NUM_THREADS_ALLOWED, valid_num_threads
+from sb3_npg.hyperparameters import NUM_THREADS_ALLOWED, valid_num_threads
 from sb3_npg.save_load.archive import (
     UntrustedLoadError,
     atomic_save_file,
@@ -264,7 +265,9 @@ class NPGBase(OnPolicyAlgorithm):
         the policy weights are loaded, the optimiser state is not (NPG's critic optimiser holds the value
         parameters only) and a ``UserWarning`` says so. ``.pth`` members are read with ``weights_only=True``.
         Tensors that do not fit the model (shape, dtype, extra or missing keys with ``exact_match``) raise
-        ``ValueError`` naming the parameter; on any error the model keeps the parameters it had.
+        :class:`~sb3_npg.save_load.ParameterMismatchError` naming the parameter: a ``RuntimeError`` as torch's
+        ``load_state_dict(strict=True)`` raises (and SB3's ``set_parameters``), and a ``ValueError``; on any error the
+        model keeps the parameters it had.
 
         :param load_path_or_dict: a save file (path or binary file object), a dict of state dicts, or a model
         :param exact_match: the policy state dict must have exactly the policy's parameters

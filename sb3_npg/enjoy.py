@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     Load the latest (or ``--exp-id``) trained agent and run it.
 
     :param argv: command line arguments (``None``: ``sys.argv[1:]``)
-    :return: exit status (0, or 2 when the model or its folder is not found)
+    :return: exit status (0, or 1 as ``rl_zoo3 enjoy`` when the model or its folder is not found or is refused)
     """
     defaults = {"--algo": ["--algo", ALGO_NAME], "-f,--folder": ["-f", "logs"]}
     argv, trusted = split_trusted_flag(argv)

@@ -17,6 +17,28 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 
+def all_finite(value: Any) -> bool:
+    """
+    Whether every number in ``value`` is finite: the test of :meth:`FiniteCheck._check` with no message to build,
+    fast for the arrays a ``VecEnv`` returns (``False`` for values that are not arrays: :meth:`FiniteCheck._check`
+    looks closer).
+
+    :param value: an array, or a dict of arrays (a ``Dict`` observation)
+    """
+    if type(value) is np.ndarray:
+        if value.dtype.kind in "fc":
+            # count_nonzero (no ufunc reduction) is the fastest all() of the small arrays of a step
+            return _count_nonzero(_isfinite(value)) == value.size
+        return True  # integers and booleans are always finite
+    if isinstance(value, dict):
+        return all(all_finite(item) for item in value.values())
+    return False
+
+
+_isfinite = np.isfinite
+_count_nonzero = np.count_nonzero
+
+
 class NonFiniteError(ValueError):
     """
     An environment returned (or the policy produced) NaN or inf.
@@ -81,22 +103,27 @@ class FiniteCheck(VecEnv):
         # reset_infos, the seeds and options of the next reset), it reads venv's own through __getattr__
         self.venv = venv
 
+    # all_finite answers for the arrays of every step; _check, which names what it found, runs only when it fails
+
     def step_async(self, actions: np.ndarray) -> None:
-        self._check("action", actions, during="step")
+        if not all_finite(actions):
+            self._check("action", actions, during="step")
         self.venv.step_async(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
         observations, rewards, dones, infos = self.venv.step_wait()
-        self._check("observation", observations, during="step")
-        self._check("reward", rewards, during="step")
+        if not (all_finite(observations) and all_finite(rewards)):
+            self._check("observation", observations, during="step")
+            self._check("reward", rewards, during="step")
         for index, info in enumerate(infos):
-            if "terminal_observation" in info:
+            if "terminal_observation" in info and not all_finite(info["terminal_observation"]):
                 self._check("terminal observation", info["terminal_observation"], during="step", env_index=index)
         return observations, rewards, dones, infos
 
     def reset(self) -> VecEnvObs:
         observations = self.venv.reset()
-        self._check("observation", observations, during="reset")
+        if not all_finite(observations):
+            self._check("observation", observations, during="reset")
         return observations
 
     def _check(self, quantity: str, value: Any, during: str, env_index: int | None = None) -> None:

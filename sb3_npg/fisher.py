@@ -38,13 +38,12 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
 from sb3_npg.conjugate_gradient import CGSolution, conjugate_gradient
+from sb3_npg.constants import FISHER_BACKENDS
 from sb3_npg.distributions import output_fisher
 from sb3_npg.jacobian import PolicyJacobian
 from sb3_npg.kl import action_distribution, mean_summed_kl, old_distribution
 from sb3_npg.parameters import flatten
 from sb3_npg.policy_gradient import policy_jacobian
-
-FISHER_BACKENDS = ("gauss_newton", "hessian", "empirical")
 
 
 class FisherOperator(ABC):
@@ -190,11 +189,10 @@ class EmpiricalFisher(JacobianFisher):
         return CGSolution(direction, th.zeros_like(gradient))
 
 
-FISHER_CLASSES: dict[str, type[FisherOperator]] = {
-    "gauss_newton": GaussNewtonFisher,
-    "hessian": HessianFisher,
-    "empirical": EmpiricalFisher,
-}
+#: The operator class of each backend name of :data:`~sb3_npg.constants.FISHER_BACKENDS`
+FISHER_CLASSES: dict[str, type[FisherOperator]] = dict(
+    zip(FISHER_BACKENDS, (GaussNewtonFisher, HessianFisher, EmpiricalFisher), strict=True)
+)
 
 
 def make_fisher(
@@ -208,7 +206,7 @@ def make_fisher(
     action_masks: th.Tensor | None = None,
 ) -> FisherOperator:
     """
-    Build the Fisher operator of ``backend`` (one of :data:`FISHER_BACKENDS`) on a batch.
+    Build the Fisher operator of ``backend`` (one of :data:`~sb3_npg.constants.FISHER_BACKENDS`) on a batch.
 
     :param backend: ``"gauss_newton"``, ``"hessian"`` or ``"empirical"``
     :param policy: the actor-critic policy, at ``theta_old``

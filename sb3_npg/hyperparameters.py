@@ -10,8 +10,8 @@ One definition of each hyperparameter of NPG: what it means and which values it 
 - the documentation: the "Allowed values" table of ``docs/choosing.md`` is tested to be this definition, with
   the defaults of ``NPG.__init__``.
 
-This module is a leaf below :mod:`sb3_npg.npg`: the choices of ``step_length`` and the ``num_threads`` default
-are defined here, and the Fisher backends are :data:`sb3_npg.fisher.FISHER_BACKENDS`.
+The names of the choices (Fisher backends, step lengths) and the ``num_threads`` default come from the leaf
+:mod:`sb3_npg.constants`, so this module imports nothing else of the package.
 """
 
 import math
@@ -20,14 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sb3_npg.fisher import FISHER_BACKENDS
-
-#: How the step along the natural gradient is scaled (``step_length``)
-STEP_LENGTHS = ("quadratic", "exact")
-#: torch's intra-op thread count in ``learn()`` when ``num_threads`` is ``None``: NPG's tensors are small, and with
-#: more threads each operation waits for every thread (measured in docs/performance.md, "Threads"); only large batch
-#: products may run at the caller's count, when timed faster (:mod:`sb3_npg.fast.threads`)
-DEFAULT_NUM_THREADS = 1
+from sb3_npg.constants import DEFAULT_NUM_THREADS, FISHER_BACKENDS, STEP_LENGTHS
 
 
 def is_number(value: Any) -> bool:

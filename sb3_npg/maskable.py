@@ -3,9 +3,10 @@ MaskableNPG: NPG with invalid action masking, on sb3-contrib's maskable componen
 
 The policy (``MaskableActorCriticPolicy``), the rollout buffers that store each sample's mask
 (``MaskableRolloutBuffer`` / ``MaskableDictRolloutBuffer``) and the rollout collection (``MaskablePPO.collect_rollouts``,
-called as it is) come from sb3-contrib; the training step is NPG's own :meth:`~sb3_npg.npg.NPG.train`, given the
-masks stored with the samples so that the policy gradient, every Fisher product and the KL after the step use the
-masked distribution (the same masks for the old and the new policy).
+called as it is: see :meth:`MaskableNPG.collect_rollouts` for why) come from sb3-contrib; the update is NPG's own
+:meth:`~sb3_npg.npg.NPG.train`, its batch given the masks stored with the samples so that the policy gradient, every
+Fisher product and the KL after the step use the masked distribution (the same masks for the old and the new policy).
+The constructor passes NPG's arguments through (:mod:`sb3_npg.signatures`).
 """
 
 from typing import Any, ClassVar, TypeVar
@@ -20,10 +21,11 @@ from sb3_contrib.ppo_mask.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_npg.npg import NPG
+from sb3_npg.signatures import bound_arguments, variant_signature
 
 SelfMaskableNPG = TypeVar("SelfMaskableNPG", bound="MaskableNPG")
 
@@ -40,37 +42,17 @@ class MaskableNPG(NPG):
 
     Background on Invalid Action Masking: https://arxiv.org/abs/2006.14171
 
-    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy), a ``MaskableActorCriticPolicy``
-    :param env: The environment to learn from (if registered in Gym, can be str)
-    :param learning_rate: The learning rate of the critic (value function), it can be a function
-        of the current progress remaining (from 1 to 0)
-    :param n_steps: The number of steps to run for each environment per update
-    :param batch_size: Minibatch size for the critic's regression
-    :param gamma: Discount factor
-    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
-    :param cg_max_steps: Maximum number of conjugate-gradient steps (Fisher-vector products) per update
-    :param cg_damping: Damping ``lambda`` in ``(F + lambda I) x = g``; it regularises the solve only
-    :param target_kl: The KL divergence each update aims at (of the masked distributions, summed over action
+    The parameters are :class:`~sb3_npg.npg.NPG`'s, in the same order and with the same defaults, except the gSDE
+    ones (``use_sde``, ``sde_sample_freq``: masking is for discrete actions), as ``MaskablePPO`` takes PPO's; these
+    differ:
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy): sb3-contrib's
+        ``MaskableActorCriticPolicy`` or a subclass
+    :param target_kl: The KL divergence each update aims at, of the masked distributions (summed over action
         dimensions and averaged over states); a number, or a function of the progress remaining as in NPG
-    :param n_critic_updates: Number of epochs of critic regression per update
-    :param normalize_advantage: Whether to normalize the advantages
-    :param sub_sampling_factor: Use every ``sub_sampling_factor``-th sample of the rollout for the Fisher
-    :param fisher: The Fisher-vector product backend: ``"gauss_newton"``, ``"hessian"`` or ``"empirical"``
-    :param damped_step_size: Normalise the step by ``x^T (F + lambda I) x`` instead of ``x^T F x``
-    :param step_length: ``"quadratic"`` or ``"exact"`` (see :class:`~sb3_npg.npg.NPG`)
-    :param rollout_buffer_class: Rollout buffer class to use (a maskable one). If ``None``, it will be
-        automatically selected.
-    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
-    :param stats_window_size: Window size for the rollout logging
-    :param tensorboard_log: the log location for tensorboard (if None, no logging)
-    :param policy_kwargs: additional arguments to be passed to the policy on creation
-    :param verbose: the verbosity level: 0 no output, 1 info, 2 debug
-    :param seed: Seed for the pseudo random generators
-    :param device: Device (cpu, cuda, ...) on which the code should be run.
-    :param num_threads: The number of torch intra-op threads ``learn()`` runs with, the caller's setting restored
-        afterwards; ``None`` (default): 1, with the large MLP products timed at the caller's count (see
-        :class:`~sb3_npg.npg.NPG`)
-    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    :param rollout_buffer_class: Rollout buffer class to use (a maskable one, which stores each sample's mask). If
+        ``None``, it will be automatically selected (``MaskableRolloutBuffer``, or ``MaskableDictRolloutBuffer`` for
+        ``Dict`` observations).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -85,65 +67,14 @@ class MaskableNPG(NPG):
     )
     policy: MaskableActorCriticPolicy  # type: ignore[assignment]
 
-    def __init__(
-        self,
-        policy: str | type[MaskableActorCriticPolicy],
-        env: GymEnv | str,
-        learning_rate: float | Schedule = 1e-3,
-        n_steps: int = 2048,
-        batch_size: int = 128,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
-        cg_max_steps: int = 15,
-        cg_damping: float = 0.1,
-        target_kl: float | Schedule = 0.01,
-        n_critic_updates: int = 10,
-        normalize_advantage: bool = True,
-        sub_sampling_factor: int = 1,
-        fisher: str = "gauss_newton",
-        damped_step_size: bool = False,
-        step_length: str = "quadratic",
-        rollout_buffer_class: type[RolloutBuffer] | None = None,
-        rollout_buffer_kwargs: dict[str, Any] | None = None,
-        stats_window_size: int = 100,
-        tensorboard_log: str | None = None,
-        policy_kwargs: dict[str, Any] | None = None,
-        verbose: int = 0,
-        seed: int | None = None,
-        device: th.device | str = "auto",
-        num_threads: int | None = None,
-        _init_setup_model: bool = True,
-    ):
+    def __init__(self, *args: Any, **kwargs: Any):
         # Set by learn(use_masking=...) for the rollouts of that call
         self._use_masking = True
-        super().__init__(
-            policy,  # type: ignore[arg-type]
-            env,
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            batch_size=batch_size,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            cg_max_steps=cg_max_steps,
-            cg_damping=cg_damping,
-            target_kl=target_kl,
-            n_critic_updates=n_critic_updates,
-            normalize_advantage=normalize_advantage,
-            sub_sampling_factor=sub_sampling_factor,
-            fisher=fisher,
-            damped_step_size=damped_step_size,
-            step_length=step_length,
-            rollout_buffer_class=rollout_buffer_class,
-            rollout_buffer_kwargs=rollout_buffer_kwargs,
-            stats_window_size=stats_window_size,
-            tensorboard_log=tensorboard_log,
-            policy_kwargs=policy_kwargs,
-            verbose=verbose,
-            seed=seed,
-            device=device,
-            num_threads=num_threads,
-            _init_setup_model=_init_setup_model,
-        )
+        super().__init__(**bound_arguments(MaskableNPG.__init__, self, args, kwargs))
+
+    __init__.__signature__ = variant_signature(  # type: ignore[attr-defined]
+        NPG.__init__, policy=str | type[MaskableActorCriticPolicy], without=("use_sde", "sde_sample_freq")
+    )
 
     def _setup_model(self) -> None:
         # As MaskablePPO._setup_model: the maskable policy takes no use_sde, the buffer stores the masks
@@ -189,6 +120,12 @@ class MaskableNPG(NPG):
 
         :raises ValueError: masking is asked for and the environment has no ``action_masks()`` method
         """
+        # sb3-contrib's rollout loop, called on this model although MaskableNPG is no MaskablePPO. It reads only what
+        # SB3's OnPolicyAlgorithm defines (policy, action_space, device, gamma, num_timesteps, _last_obs,
+        # _last_episode_starts, _update_info_buffer), the same from sb3-contrib 2.4 to 2.9, and
+        # tests/test_variants.py checks that against the installed version. The alternatives are worse: a copy of
+        # its ~90 lines would not follow sb3-contrib's fixes, and inheriting MaskablePPO would put PPO's constructor,
+        # train() and _setup_model in NPG's method resolution order.
         return MaskablePPO.collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps, self._use_masking)  # type: ignore[arg-type]
 
     def learn(  # type: ignore[override]

@@ -12,9 +12,11 @@ sb3-contrib has masks (``MaskablePPO``) and memory (``RecurrentPPO``) but not bo
   each step, padded like the observations (with ones: a padded step has every action valid, and is never used) and
   yielded with each minibatch of sequences;
 - the rollout collection is ``RecurrentPPO.collect_rollouts`` with ``MaskablePPO``'s masking (:meth:`collect_rollouts`);
-- the training step is RecurrentNPG's (NPG's natural-gradient step on the real steps of the stored sequences, through
-  :class:`~sb3_npg.recurrent.SequenceBatch`), given the masks of the real steps, so the gradient, every Fisher product
-  and the KL after the step are those of the masked distribution.
+- the update is NPG's own :meth:`~sb3_npg.npg.NPG.train` on RecurrentNPG's batch of sequences
+  (:meth:`~sb3_npg.recurrent.RecurrentNPG._rollout_batch`: the real steps of the stored sequences, through
+  :class:`~sb3_npg.recurrent.SequenceBatch`) with RecurrentNPG's sequence critic; :meth:`MaskableRecurrentNPG._action_masks`
+  gives that batch the masks stored with the steps, so the gradient, every Fisher product and the KL after the step
+  are those of the masked distribution.
 
 :func:`evaluate_policy` evaluates with masks and memory (sb3-contrib's maskable ``evaluate_policy`` drops the LSTM
 states between steps when it masks).
@@ -45,6 +47,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_npg.recurrent import RecurrentNPG
+from sb3_npg.signatures import bound_arguments, variant_signature
 
 SelfMaskableRecurrentNPG = TypeVar("SelfMaskableRecurrentNPG", bound="MaskableRecurrentNPG")
 
@@ -314,17 +317,19 @@ class MaskableRecurrentNPG(RecurrentNPG):
     ``predict(obs, state, episode_start, deterministic, action_masks)``. Discrete, MultiDiscrete and MultiBinary
     action spaces; evaluate with :func:`sb3_npg.maskable_recurrent.evaluate_policy` (masks and memory).
 
-    Every parameter of :class:`~sb3_npg.recurrent.RecurrentNPG` (and so of :class:`~sb3_npg.npg.NPG`) is taken, with
-    the same meaning and default, through ``**kwargs``; what differs:
+    The parameters are :class:`~sb3_npg.recurrent.RecurrentNPG`'s (and so :class:`~sb3_npg.npg.NPG`'s), in the same
+    order and with the same defaults; these differ:
 
     :param policy: The policy model to use (MlpLstmPolicy, CnnLstmPolicy, MultiInputLstmPolicy): a
         :class:`MaskableRecurrentActorCriticPolicy` (sb3-contrib's recurrent policy with its maskable distribution)
     :param env: The environment to learn from (if registered in Gym, can be str); it must have ``action_masks()``
         unless ``learn(use_masking=False)``
-    :param kwargs: RecurrentNPG's parameters. ``use_sde`` must be False; ``rollout_buffer_class`` must store masks and
-        LSTM states (default: :class:`MaskableRecurrentRolloutBuffer`, or :class:`MaskableRecurrentDictRolloutBuffer`
-        for Dict observations); ``target_kl`` is the KL of the masked distributions, summed over action dimensions
-        and averaged over real steps.
+    :param target_kl: The KL divergence each update aims at, of the masked distributions (summed over action
+        dimensions and averaged over real steps); a number, or a function of the progress remaining as in NPG
+    :param use_sde: Must be False (the actions are discrete); taken so that code written for RecurrentPPO runs
+    :param rollout_buffer_class: Rollout buffer class to use (one that stores the masks and the LSTM states). If
+        ``None``, it will be automatically selected (:class:`MaskableRecurrentRolloutBuffer`, or
+        :class:`MaskableRecurrentDictRolloutBuffer` for ``Dict`` observations).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -339,12 +344,17 @@ class MaskableRecurrentNPG(RecurrentNPG):
     )
     policy: MaskableRecurrentActorCriticPolicy  # type: ignore[assignment]
 
-    def __init__(self, policy: str | type[MaskableRecurrentActorCriticPolicy], env: GymEnv | str, **kwargs: Any):
-        if kwargs.get("use_sde", False):
+    def __init__(self, *args: Any, **kwargs: Any):
+        arguments = bound_arguments(MaskableRecurrentNPG.__init__, self, args, kwargs)
+        if arguments["use_sde"]:
             raise ValueError("Invalid use_sde=True: MaskableRecurrentNPG's actions are discrete (gSDE is for Box actions)")
         # Set by learn(use_masking=...) for the rollouts of that call
         self._use_masking = True
-        super().__init__(policy, env, **kwargs)
+        super().__init__(**arguments)
+
+    __init__.__signature__ = variant_signature(  # type: ignore[attr-defined]
+        RecurrentNPG.__init__, policy=str | type[MaskableRecurrentActorCriticPolicy]
+    )
 
     def _setup_model(self) -> None:
         if self.rollout_buffer_class is None:

@@ -1,19 +1,23 @@
 """
 Natural Policy Gradient (NPG): the algorithm.
 
-One ``train()`` call (:meth:`NPG.train`, then :meth:`NPG._natural_gradient_step`, read top to bottom like
-sb3-contrib TRPO's ``train()``): the policy gradient ``g`` on the actor parameters (:mod:`sb3_npg.policy_gradient`),
-``x ~ (F + damping I)^-1 g`` by conjugate gradient on a Fisher operator (:mod:`sb3_npg.fisher`), ``x^T F x``, the
-step ``sqrt(2 target_kl / x^T F x) x`` (no line search on the surrogate; with ``step_length="exact"`` the scale
-along ``x`` is searched until the measured KL is ``target_kl``, :mod:`sb3_npg.step_length`), the KL measured after
-the step (:mod:`sb3_npg.kl`), then the critic's regression on the returns (:mod:`sb3_npg.critic`).
+One ``train()`` call, read top to bottom in :meth:`NPG.train` like sb3-contrib TRPO's ``train()``: the policy
+gradient ``g`` on the actor parameters (:mod:`sb3_npg.policy_gradient`), ``x ~ (F + damping I)^-1 g`` by conjugate
+gradient on a Fisher operator (:mod:`sb3_npg.fisher`), ``x^T F x``, the step ``sqrt(2 target_kl / x^T F x) x`` (no
+line search on the surrogate; with ``step_length="exact"`` the scale along ``x`` is searched until the measured KL is
+``target_kl``, :mod:`sb3_npg.step_length`), the KL measured after the step (:mod:`sb3_npg.kl`), then the critic's
+regression on the returns (:mod:`sb3_npg.critic`). MaskableNPG, RecurrentNPG and MaskableRecurrentNPG take the same
+``train()`` with their own batch (:meth:`NPG._rollout_batch`, an :class:`UpdateBatch`).
 
 ``learn``, the NaN/inf environment check, ``save``, ``load`` and ``set_parameters`` are shared with MaskableNPG and
 RecurrentNPG in :class:`sb3_npg.base.NPGBase`; the fast paths (same numbers) are in :mod:`sb3_npg.fast`.
 """
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,8 +36,9 @@ from sb3_npg.base import NPGBase
 from sb3_npg.critic import fit_critic, index_observations, upcoming_get_order
 from sb3_npg.fast.lean_forward import LeanForward
 from sb3_npg.fast.rollout import collect_rollouts as lean_collect_rollouts
-from sb3_npg.fisher import make_fisher
+from sb3_npg.fisher import FisherOperator, make_fisher
 from sb3_npg.hyperparameters import check_npg_hyperparameters
+from sb3_npg.jacobian import PolicyJacobian
 from sb3_npg.kl import action_distribution, distribution_not_kept, mean_summed_kl
 from sb3_npg.parameters import add_to_parameters_, set_parameters_along_
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
@@ -43,6 +48,41 @@ from sb3_npg.step_length import search_step_scale
 #: ``step_length="exact"``: the relative tolerance on the measured KL, and the budget of KL evaluations per update
 EXACT_KL_TOLERANCE = 0.05
 EXACT_MAX_KL_EVALUATIONS = 6
+
+
+@dataclass
+class UpdateBatch:
+    """
+    The samples of one update, as :meth:`NPG.train` reads them.
+
+    :param observations: the observations (RecurrentNPG: the padded sequences)
+    :param actions: the actions, one row per sample of the actor's step (``Discrete``: integers, flattened)
+    :param advantages: their advantages, as the buffer holds them (not standardised)
+    :param returns: the critic's regression targets, one per row of ``observations``
+    :param policy: what gives the batch's action distribution through ``get_distribution(observations,
+        action_masks=...)``, one row per sample of ``actions``, for the gradient, every Fisher product and the KL
+        after the step: the policy, or RecurrentNPG's distribution along the stored sequences
+    :param action_masks: the masks stored with the samples, one row per sample of ``actions`` (MaskableNPG;
+        MaskableRecurrentNPG: of the real steps), used by every distribution of the step
+    :param critic_rows: the buffer row of each sample, so that the critic's minibatches are the buffer's (``None``:
+        the batch is in the buffer's order)
+    """
+
+    observations: PyTorchObs
+    actions: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    policy: Any
+    action_masks: th.Tensor | None = None
+    critic_rows: np.ndarray | None = None
+
+
+class SkippedUpdate(Exception):
+    """
+    Raised inside :meth:`NPG._actor_step` when the actor's step cannot be taken (a non-finite or non-positive
+    ``x^T F x``, a non-finite KL, no safe scale, a ``target_kl`` below 0): the actor stays at ``theta_old``, the
+    update is counted in ``skipped_updates`` and a ``RuntimeWarning`` says why; the critic is still fitted.
+    """
 
 
 class NPG(NPGBase):
@@ -254,23 +294,207 @@ class NPG(NPGBase):
 
     def train(self) -> None:
         """
-        Update policy using the currently gathered rollout buffer.
+        One update on the rollout buffer, the article's steps from top to bottom: the natural-gradient step on the
+        actor (1-6), then the critic's regression (7).
+
+        MaskableNPG, RecurrentNPG and MaskableRecurrentNPG take this same update: what differs is their batch
+        (:meth:`_rollout_batch`: the masks stored with the samples; the distribution along the stored sequences; both)
+        and the recurrent variants' critic minibatches (:meth:`_fit_critic`).
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
+        batch = self._rollout_batch()
+        target_kl = self._current_target_kl()
+        self.logger.record("train/target_kl", target_kl)
 
-        batch_rows = upcoming_get_order(self.rollout_buffer)  # the buffer's shuffle, for the critic's minibatches
+        with self._actor_step(batch) as theta_old:  # evaluation mode; a SkippedUpdate leaves the actor at theta_old
+            if not (math.isfinite(target_kl) and target_kl >= 0):
+                raise SkippedUpdate(f"target_kl is {target_kl} (its schedule must give a number >= 0)")
+            advantages = self._normalize_advantages(batch.advantages)
+            # 1. Gradient g at theta_old: one forward pass gives the old distribution, g and the Jacobian that the
+            # Fisher products reuse (sb3_npg.policy_gradient)
+            jacobian = policy_jacobian(batch.policy, self.actor_parameters, batch.observations, batch.action_masks)
+            old, gradient = jacobian.distribution, policy_gradient(jacobian, batch.actions, advantages)
+            # 2. Solve (F + lambda I) x = g by conjugate gradient on the Fisher operator of the backend `fisher`
+            fisher_operator = self._fisher_operator(batch, jacobian)
+            del jacobian  # kept by the operator if it uses it, freed otherwise
+            direction, residual = fisher_operator.solve(gradient, self.cg_max_steps)
+            del fisher_operator  # frees its graph and caches before the step
+            # 3. Quadratic form x^T F x, from the solve's residual (x^T (F + lambda I) x with damped_step_size)
+            quadratic = self._quadratic_form(gradient, direction, residual)
+            # 4. Scale sqrt(2 target_kl / x^T F x): the quadratic model of the KL equals target_kl
+            scale = self._step_scale(target_kl, quadratic, direction)
+            if self.step_length == "exact" and target_kl > 0:
+                # 5.-6. The scale searched until the KL measured after the step is target_kl (sb3_npg.step_length)
+                scale, kl = self._exact_step(batch, old, direction, theta_old, scale, target_kl)
+            else:
+                # 5. Apply theta = theta_old + scale x
+                add_to_parameters_(self.actor_parameters, direction, alpha=scale)
+                # 6. Measured KL(pi_old || pi_new) on the batch
+                kl = self._measured_kl(batch, old)
+            self.logger.record("train/step_size", scale)
+            self.logger.record("train/kl_divergence", kl)
+        # 7. Critic: n_critic_updates epochs of regression on the returns (sb3_npg.critic)
+        value_loss = self._fit_critic(batch.observations, batch.returns, batch.critic_rows)
+        self._record_update(value_loss)
+
+    def _rollout_batch(self) -> UpdateBatch:
+        """The rollout buffer as one batch: all its samples, the masks :meth:`_action_masks` gives, the policy."""
+        critic_rows = upcoming_get_order(self.rollout_buffer)  # the buffer's shuffle, for the critic's minibatches
         rollout_data = next(self.rollout_buffer.get(batch_size=None))
-        observations = rollout_data.observations
         actions = rollout_data.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
+        return UpdateBatch(
+            observations=rollout_data.observations,
+            actions=actions,
+            advantages=rollout_data.advantages,
+            returns=rollout_data.returns,
+            policy=self.policy,
+            action_masks=self._action_masks(rollout_data),
+            critic_rows=critic_rows,
+        )
 
-        # The natural-gradient step on the actor (gradient, solve, x^T F x, scale, apply, measured KL)
-        self._policy_step(observations, actions, rollout_data.advantages, self._action_masks(rollout_data))
-        # 7. Critic: n_critic_updates epochs of regression on the returns (sb3_npg.critic)
-        value_loss = self._fit_critic(observations, rollout_data.returns, batch_rows)
-        self._record_update(value_loss)
+    def _action_masks(self, rollout_data: Any) -> th.Tensor | None:
+        """
+        The action masks stored with the samples of ``rollout_data`` (``None``: no masking; see MaskableNPG and
+        MaskableRecurrentNPG), which :meth:`_rollout_batch` puts in the batch.
+        """
+        return None
+
+    @contextlib.contextmanager
+    def _actor_step(self, batch: UpdateBatch) -> Iterator[list[th.Tensor]]:
+        """
+        Where :meth:`train`'s steps 1-6 run: in evaluation mode, so that the gradient, every Fisher product and the KL
+        after the step are those of the deterministic function that collected the rollout and acts in ``predict``
+        (``Dropout`` off, ``BatchNorm`` on its running statistics, which these passes do not change); the policy does
+        not keep their distributions.
+
+        A :class:`SkippedUpdate` raised inside puts the actor back to ``theta_old``, warns (``RuntimeWarning``) and is
+        counted in ``skipped_updates``. Then, in training mode, a policy with running statistics (``BatchNorm``) makes
+        one forward pass of its actor over the batch, without gradients, which updates the statistics of the actor's
+        layers once per update. The policy is left in training mode, for the critic's regression (as SB3's
+        ``train()``).
+
+        :param batch: the update's batch
+        :return: (as the ``with`` target) ``theta_old``, copies of the actor parameters before the step
+        """
+        theta_old = [parameter.detach().clone() for parameter in self.actor_parameters]
+        with distribution_not_kept(self.policy):
+            self.policy.set_training_mode(False)
+            try:
+                yield theta_old
+            except SkippedUpdate as skipped:
+                self._restore_actor(theta_old)
+                self.skipped_updates += 1
+                warnings.warn(f"NPG skipped the policy update {self._n_updates}: {skipped}", RuntimeWarning, stacklevel=3)
+                self.logger.record("train/step_size", 0.0)
+                self.logger.record("train/kl_divergence", 0.0)
+            finally:
+                self.policy.set_training_mode(True)
+            if has_running_statistics(self.policy):
+                with th.no_grad():  # train mode: updates the running statistics of the actor's layers, once
+                    action_distribution(batch.policy, batch.observations, batch.action_masks)
+
+    def _normalize_advantages(self, advantages: th.Tensor) -> th.Tensor:
+        """The advantages standardised (with ``normalize_advantage``), their spread before it logged."""
+        if advantages.numel() > 1:  # their scale before normalisation, which the normalised step does not see
+            self.logger.record("train/advantage_std", advantages.std().item())
+        if self.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        return advantages
+
+    def _fisher_operator(self, batch: UpdateBatch, jacobian: PolicyJacobian) -> FisherOperator:
+        """
+        Step 2's Fisher operator of the backend ``fisher`` (:func:`~sb3_npg.fisher.make_fisher`) on every
+        ``sub_sampling_factor``-th sample of the batch, at ``theta_old``.
+
+        :param jacobian: step 1's Jacobian on the whole batch, reused without sub-sampling
+        """
+        every = slice(None, None, self.sub_sampling_factor)
+        return make_fisher(
+            self.fisher,
+            batch.policy,
+            self.actor_parameters,
+            index_observations(batch.observations, every),
+            batch.actions[every],
+            self.cg_damping,
+            jacobian=jacobian if self.sub_sampling_factor == 1 else None,
+            action_masks=None if batch.action_masks is None else batch.action_masks[every],
+        )
+
+    def _quadratic_form(self, gradient: th.Tensor, direction: th.Tensor, residual: th.Tensor) -> th.Tensor:
+        """
+        Step 3: ``x^T F x`` from the solve's residual ``r = g - (F + lambda I) x``, without another product
+        (``x^T (F + lambda I) x`` with ``damped_step_size``); logged with ``|g|`` and ``|r|``.
+        """
+        damped_quadratic = direction @ (gradient - residual)  # x^T (F + lambda I) x
+        quadratic = damped_quadratic if self.damped_step_size else damped_quadratic - self.cg_damping * direction @ direction
+        self.logger.record("train/policy_gradient_norm", gradient.norm().item())
+        self.logger.record("train/cg_residual", residual.norm().item())
+        self.logger.record("train/xFx", quadratic.item())
+        return quadratic
+
+    def _step_scale(self, target_kl: float, quadratic: th.Tensor, direction: th.Tensor) -> float:
+        """
+        Step 4: ``sqrt(2 target_kl / x^T F x)``, the scale at which the quadratic model of the KL equals ``target_kl``.
+
+        :raises SkippedUpdate: ``x^T F x`` is not finite and positive (or the step it gives is not finite)
+        """
+        scale = th.sqrt(2 * target_kl / quadratic)
+        if not (th.isfinite(quadratic) and quadratic > 0 and th.isfinite(scale * direction).all()):
+            raise SkippedUpdate(f"x^T F x = {quadratic.item():.3g} is not finite and positive")
+        return scale.item()
+
+    def _measured_kl(self, batch: UpdateBatch, old: Distribution) -> float:
+        """
+        Step 6: ``KL(pi_old || pi_new)``, summed over action dimensions and averaged over the batch, after the step.
+
+        :raises SkippedUpdate: the KL is not finite
+        """
+        with th.no_grad():
+            kl = mean_summed_kl(old, action_distribution(batch.policy, batch.observations, batch.action_masks))
+        if not th.isfinite(kl):
+            raise SkippedUpdate(f"the KL after the step is {kl.item()}")
+        return kl.item()
+
+    def _exact_step(
+        self,
+        batch: UpdateBatch,
+        old: Distribution,
+        direction: th.Tensor,
+        theta_old: list[th.Tensor],
+        initial_scale: float,
+        target_kl: float,
+    ) -> tuple[float, float]:
+        """
+        Steps 5-6 with ``step_length="exact"``: along ``direction``, the scale whose measured KL is ``target_kl``
+        within ``EXACT_KL_TOLERANCE``, searched from the quadratic estimate ``initial_scale`` (see
+        :func:`~sb3_npg.step_length.search_step_scale`); every trial sets ``theta_old + scale * direction`` and
+        measures the KL with one forward pass. The actor ends at the chosen scale.
+
+        :param target_kl: this update's ``target_kl`` (> 0)
+        :return: the chosen scale and the KL measured there
+        :raises SkippedUpdate: no scale kept the KL below ``(1 + EXACT_KL_TOLERANCE) target_kl``
+        """
+
+        def kl_at(scale: float) -> float:
+            set_parameters_along_(self.actor_parameters, theta_old, direction, scale)
+            with th.no_grad():
+                return mean_summed_kl(old, action_distribution(batch.policy, batch.observations, batch.action_masks)).item()
+
+        search = search_step_scale(kl_at, initial_scale, target_kl, EXACT_KL_TOLERANCE, EXACT_MAX_KL_EVALUATIONS)
+        self.kl_search_failures += not search.converged
+        self.logger.record("train/kl_evaluations", search.evaluations)
+        self.logger.record("train/quadratic_kl_ratio", search.initial_kl / target_kl)
+        self.logger.record("train/kl_search_failures", self.kl_search_failures)
+        if search.scale == 0.0:
+            raise SkippedUpdate(
+                f"no step scale in {search.evaluations} KL evaluations kept the KL below "
+                f"{1 + EXACT_KL_TOLERANCE:g} target_kl (at the quadratic estimate: {search.initial_kl:.3g})"
+            )
+        set_parameters_along_(self.actor_parameters, theta_old, direction, search.scale)
+        return search.scale, search.kl
 
     def _record_update(self, value_loss: float) -> None:
         """Count the update and log the critic's fit and the policy's spread."""
@@ -283,179 +507,15 @@ class NPG(NPGBase):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/skipped_updates", self.skipped_updates)
 
-    def _action_masks(self, rollout_data: Any) -> th.Tensor | None:
-        """The action masks stored with the samples of ``rollout_data`` (``None``: no masking; see MaskableNPG)."""
-        return None
-
-    def _policy_step(
-        self,
-        observations: PyTorchObs,
-        actions: th.Tensor,
-        advantages: th.Tensor,
-        action_masks: th.Tensor | None = None,
-        batch_policy: Any = None,
-    ) -> None:
-        """
-        The natural-gradient step on the actor parameters, with its logs.
-
-        The step itself runs in evaluation mode (see :meth:`_natural_gradient_step`). Then, in training mode, a policy
-        with running statistics (``BatchNorm``) makes one forward pass of its actor over the batch, without gradients,
-        which updates the statistics of the actor's layers once per update. The policy is left in training mode, for
-        the critic's regression (as SB3's ``train()``), and does not keep the step's distributions.
-
-        :param action_masks: the masks of the samples (maskable policies): the gradient, every Fisher product and
-            the KL after the step use the distribution they mask, the same for the old and the new policy
-        :param batch_policy: what gives the action distribution of the batch through
-            ``get_distribution(observations, action_masks=...)``, one row per sample of ``actions``, for the gradient,
-            every Fisher product and the KL after the step (default: the policy; see RecurrentNPG for sequences)
-        """
-        policy = self.policy if batch_policy is None else batch_policy
-        with distribution_not_kept(self.policy):
-            self.policy.set_training_mode(False)
-            try:
-                self._natural_gradient_step(observations, actions, advantages, action_masks, policy)
-            finally:
-                self.policy.set_training_mode(True)
-            if has_running_statistics(self.policy):
-                with th.no_grad():  # train mode: updates the running statistics of the actor's layers, once
-                    action_distribution(policy, observations, action_masks)
-
-    def _natural_gradient_step(
-        self,
-        observations: PyTorchObs,
-        actions: th.Tensor,
-        advantages: th.Tensor,
-        action_masks: th.Tensor | None,
-        policy: Any,
-    ) -> None:
-        """
-        :meth:`_policy_step`'s natural-gradient step, the policy in evaluation mode: the gradient, every Fisher
-        product and the KL after the step are those of the deterministic function that collected the rollout and acts
-        in ``predict`` (``Dropout`` off, ``BatchNorm`` on its running statistics, which these passes do not change).
-
-        :param policy: what gives the batch's distribution (see :meth:`_policy_step`)
-        """
-        target_kl = self._current_target_kl()
-        self.logger.record("train/target_kl", target_kl)
-        if not (math.isfinite(target_kl) and target_kl >= 0):
-            self._skip_update(f"target_kl is {target_kl} (its schedule must give a number >= 0)")
-            return
-        if advantages.numel() > 1:  # their scale before normalisation, which the normalised step does not see
-            self.logger.record("train/advantage_std", advantages.std().item())
-        if self.normalize_advantage:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-        # 1. Gradient: one forward pass at theta_old gives the old distribution, g and (without sub-sampling)
-        # the Jacobian the Fisher products use (sb3_npg.policy_gradient)
-        jacobian = policy_jacobian(policy, self.actor_parameters, observations, action_masks)
-        old = jacobian.distribution
-        gradient = policy_gradient(jacobian, actions, advantages)
-
-        # 2. Solve (F + lambda I) x = g by conjugate gradient on the chosen Fisher backend (sb3_npg.fisher)
-        fisher_index = slice(None, None, self.sub_sampling_factor)
-        fisher = make_fisher(
-            self.fisher,
-            policy,
-            self.actor_parameters,
-            index_observations(observations, fisher_index),
-            actions[fisher_index],
-            self.cg_damping,
-            jacobian=jacobian if self.sub_sampling_factor == 1 else None,
-            action_masks=None if action_masks is None else action_masks[fisher_index],
-        )
-        del jacobian  # kept by the Fisher if it uses it, freed otherwise
-        direction, residual = fisher.solve(gradient, self.cg_max_steps)
-        # 3. x^T F x from the solve's residual, without another product (undamped unless damped_step_size)
-        damped_quadratic = direction @ (gradient - residual)  # x^T (F + lambda I) x
-        quadratic = damped_quadratic if self.damped_step_size else damped_quadratic - self.cg_damping * direction @ direction
-        del fisher  # frees its graph and caches before the step
-
-        self.logger.record("train/policy_gradient_norm", gradient.norm().item())
-        self.logger.record("train/cg_residual", residual.norm().item())
-        self.logger.record("train/xFx", quadratic.item())
-        # 4. Scale: the quadratic model of the KL equals target_kl; a bad x^T F x skips the update
-        step_size = th.sqrt(2 * target_kl / quadratic)
-        if not (th.isfinite(quadratic) and quadratic > 0 and th.isfinite(step_size * direction).all()):
-            self._skip_update(f"x^T F x = {quadratic.item():.3g} is not finite and positive")
-            return
-
-        # 5. Apply the step (step_length="exact": search the scale by the measured KL, sb3_npg.step_length)
-        previous = [parameter.detach().clone() for parameter in self.actor_parameters]
-        if self.step_length == "exact" and target_kl > 0:
-            self._exact_step(observations, old, direction, previous, step_size.item(), target_kl, action_masks, policy)
-            return
-        add_to_parameters_(self.actor_parameters, direction, alpha=step_size.item())
-        # 6. Measured KL(pi_old || pi_new) on the batch; a non-finite one puts the actor back
-        with th.no_grad():
-            kl = mean_summed_kl(old, action_distribution(policy, observations, action_masks))
-        if not th.isfinite(kl):
-            self._restore_actor(previous)
-            self._skip_update(f"the KL after the step is {kl.item()}")
-            return
-        self.logger.record("train/step_size", step_size.item())
-        self.logger.record("train/kl_divergence", kl.item())
-
-    def _exact_step(
-        self,
-        observations: PyTorchObs,
-        old: Distribution,
-        direction: th.Tensor,
-        previous: list[th.Tensor],
-        initial_scale: float,
-        target_kl: float,
-        action_masks: th.Tensor | None = None,
-        batch_policy: Any = None,
-    ) -> None:
-        """
-        ``step_length="exact"``: along ``direction``, the scale whose measured KL is ``target_kl`` within
-        ``EXACT_KL_TOLERANCE``, searched from the quadratic estimate ``initial_scale`` (see
-        :func:`~sb3_npg.step_length.search_step_scale`); every trial sets ``theta_old + scale * direction`` and
-        measures the KL with one forward pass (of the distribution masked by ``action_masks``, if given). The actor
-        ends at the chosen scale (``theta_old`` if none is safe).
-
-        :param target_kl: this update's ``target_kl`` (> 0)
-        :param batch_policy: what gives the batch's distribution (see :meth:`_policy_step`; default: the policy)
-        """
-
-        policy = self.policy if batch_policy is None else batch_policy
-
-        def kl_at(scale: float) -> float:
-            set_parameters_along_(self.actor_parameters, previous, direction, scale)
-            with th.no_grad():
-                return mean_summed_kl(old, action_distribution(policy, observations, action_masks)).item()
-
-        search = search_step_scale(kl_at, initial_scale, target_kl, EXACT_KL_TOLERANCE, EXACT_MAX_KL_EVALUATIONS)
-        self.kl_search_failures += not search.converged
-        self.logger.record("train/kl_evaluations", search.evaluations)
-        self.logger.record("train/quadratic_kl_ratio", search.initial_kl / target_kl)
-        self.logger.record("train/kl_search_failures", self.kl_search_failures)
-        if search.scale == 0.0:
-            self._restore_actor(previous)
-            self._skip_update(
-                f"no step scale in {search.evaluations} KL evaluations kept the KL below "
-                f"{1 + EXACT_KL_TOLERANCE:g} target_kl (at the quadratic estimate: {search.initial_kl:.3g})"
-            )
-            return
-        set_parameters_along_(self.actor_parameters, previous, direction, search.scale)
-        self.logger.record("train/step_size", search.scale)
-        self.logger.record("train/kl_divergence", search.kl)
-
     def _current_target_kl(self) -> float:
         """This update's ``target_kl``: the number, or the schedule's value at the current progress remaining."""
         return float(self.target_kl(self._current_progress_remaining) if callable(self.target_kl) else self.target_kl)
 
-    def _restore_actor(self, previous: list[th.Tensor]) -> None:
-        """Set the actor parameters back to ``previous`` (their values before the step)."""
+    def _restore_actor(self, theta_old: list[th.Tensor]) -> None:
+        """Set the actor parameters back to ``theta_old`` (their values before the step)."""
         with th.no_grad():
-            for parameter, value in zip(self.actor_parameters, previous, strict=True):
+            for parameter, value in zip(self.actor_parameters, theta_old, strict=True):
                 parameter.copy_(value)
-
-    def _skip_update(self, reason: str) -> None:
-        """Leave the actor unchanged, warn and count the skipped update."""
-        self.skipped_updates += 1
-        warnings.warn(f"NPG skipped the policy update {self._n_updates}: {reason}", RuntimeWarning, stacklevel=3)
-        self.logger.record("train/step_size", 0.0)
-        self.logger.record("train/kl_divergence", 0.0)
 
     def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor, batch_rows: np.ndarray | None = None) -> float:
         """

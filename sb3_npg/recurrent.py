@@ -3,17 +3,20 @@ RecurrentNPG: NPG with an LSTM policy, on sb3-contrib's recurrent components.
 
 The policy (``RecurrentActorCriticPolicy``), the rollout buffers that store the LSTM states
 (``RecurrentRolloutBuffer`` / ``RecurrentDictRolloutBuffer``) and the rollout collection
-(``RecurrentPPO.collect_rollouts``, called as it is, carrying the LSTM states across rollouts) come from
-sb3-contrib; the training step is NPG's own natural-gradient step, given a :class:`SequenceBatch` whose
-distribution is recomputed along each stored sequence from its stored initial LSTM state and episode starts (as
-``RecurrentPPO.evaluate_actions`` does) and keeps the real steps only, so that the policy gradient, every Fisher
-product and the KL are means over real steps, padding excluded.
+(``RecurrentPPO.collect_rollouts``, called as it is, carrying the LSTM states across rollouts: see
+:meth:`RecurrentNPG.collect_rollouts` for why) come from sb3-contrib. The update is NPG's own
+:meth:`~sb3_npg.npg.NPG.train`, its batch given a :class:`SequenceBatch` whose distribution is recomputed along each
+stored sequence from its stored initial LSTM state and episode starts (as ``RecurrentPPO.evaluate_actions`` does) and
+keeps the real steps only, so that the policy gradient, every Fisher product and the KL are means over real steps,
+padding excluded; the critic is regressed on the buffer's minibatches of sequences. The constructor passes NPG's
+arguments through (:mod:`sb3_npg.signatures`).
 """
 
 import copy
 import warnings
 from typing import Any, ClassVar
 
+import numpy as np
 import torch as th
 import torch.nn.functional as F
 from gymnasium import spaces
@@ -27,11 +30,12 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_npg.distributions import categorical_parts
-from sb3_npg.npg import NPG
+from sb3_npg.npg import NPG, UpdateBatch
+from sb3_npg.signatures import bound_arguments, variant_signature
 
 
 def select_rows(distribution: Distribution, rows: th.Tensor) -> Distribution:
@@ -114,42 +118,19 @@ class RecurrentNPG(NPG):
     recomputes the distribution along each stored sequence (from its stored initial LSTM state) and averages over
     real steps only; the critic is regressed on minibatches of sequences (the buffer's), its loss over real steps.
 
-    Parameters as :class:`~sb3_npg.npg.NPG`'s (``sub_sampling_factor`` must be 1: sub-sampling would cut the
-    sequences).
+    The parameters are :class:`~sb3_npg.npg.NPG`'s, in the same order; these differ:
 
-    :param policy: The policy model to use (MlpLstmPolicy, CnnLstmPolicy, MultiInputLstmPolicy)
-    :param env: The environment to learn from (if registered in Gym, can be str)
-    :param learning_rate: The learning rate of the critic (value function), it can be a function
-        of the current progress remaining (from 1 to 0)
-    :param n_steps: The number of steps to run for each environment per update
+    :param policy: The policy model to use (MlpLstmPolicy, CnnLstmPolicy, MultiInputLstmPolicy): sb3-contrib's
+        ``RecurrentActorCriticPolicy`` or a subclass
+    :param n_steps: The number of steps to run for each environment per update (default 128, as ``RecurrentPPO``;
+        NPG takes one step per rollout and wants longer ones: the shipped entries use 1024 to 2048)
     :param batch_size: Minibatch size (in steps, before padding) for the critic's regression
-    :param gamma: Discount factor
-    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
-    :param cg_max_steps: Maximum number of conjugate-gradient steps (Fisher-vector products) per update
-    :param cg_damping: Damping ``lambda`` in ``(F + lambda I) x = g``
     :param target_kl: The KL divergence each update aims at (averaged over real steps); a number, or a function of
         the progress remaining as in NPG
-    :param n_critic_updates: Number of epochs of critic regression per update
-    :param normalize_advantage: Whether to normalize the advantages
-    :param sub_sampling_factor: Must be 1
-    :param fisher: The Fisher-vector product backend: ``"gauss_newton"``, ``"hessian"`` or ``"empirical"``
-    :param damped_step_size: Normalise the step by ``x^T (F + lambda I) x`` instead of ``x^T F x``
-    :param step_length: ``"quadratic"`` or ``"exact"``
-    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
-    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: only at the rollout start)
-    :param rollout_buffer_class: Rollout buffer class to use (a recurrent one). If ``None``, it will be
-        automatically selected.
-    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
-    :param stats_window_size: Window size for the rollout logging
-    :param tensorboard_log: the log location for tensorboard (if None, no logging)
-    :param policy_kwargs: additional arguments to be passed to the policy on creation
-    :param verbose: the verbosity level: 0 no output, 1 info, 2 debug
-    :param seed: Seed for the pseudo random generators
-    :param device: Device (cpu, cuda, ...) on which the code should be run.
-    :param num_threads: The number of torch intra-op threads ``learn()`` runs with, the caller's setting restored
-        afterwards; ``None`` (default): 1, with the large MLP products timed at the caller's count (see
-        :class:`~sb3_npg.npg.NPG`)
-    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    :param sub_sampling_factor: Must be 1 (sub-sampling would cut the sequences)
+    :param rollout_buffer_class: Rollout buffer class to use (a recurrent one, which stores the LSTM states). If
+        ``None``, it will be automatically selected (``RecurrentRolloutBuffer``, or ``RecurrentDictRolloutBuffer``
+        for ``Dict`` observations).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -160,70 +141,16 @@ class RecurrentNPG(NPG):
     policy: RecurrentActorCriticPolicy  # type: ignore[assignment]
     rollout_buffer: RecurrentRolloutBuffer  # type: ignore[assignment]  # or RecurrentDictRolloutBuffer: same samples
 
-    def __init__(
-        self,
-        policy: str | type[RecurrentActorCriticPolicy],
-        env: GymEnv | str,
-        learning_rate: float | Schedule = 1e-3,
-        n_steps: int = 128,
-        batch_size: int = 128,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
-        cg_max_steps: int = 15,
-        cg_damping: float = 0.1,
-        target_kl: float | Schedule = 0.01,
-        n_critic_updates: int = 10,
-        normalize_advantage: bool = True,
-        sub_sampling_factor: int = 1,
-        fisher: str = "gauss_newton",
-        damped_step_size: bool = False,
-        step_length: str = "quadratic",
-        use_sde: bool = False,
-        sde_sample_freq: int = -1,
-        rollout_buffer_class: type[RolloutBuffer] | None = None,
-        rollout_buffer_kwargs: dict[str, Any] | None = None,
-        stats_window_size: int = 100,
-        tensorboard_log: str | None = None,
-        policy_kwargs: dict[str, Any] | None = None,
-        verbose: int = 0,
-        seed: int | None = None,
-        device: th.device | str = "auto",
-        num_threads: int | None = None,
-        _init_setup_model: bool = True,
-    ):
-        if sub_sampling_factor != 1:
-            raise ValueError(f"Invalid sub_sampling_factor={sub_sampling_factor!r}: RecurrentNPG needs 1")
+    def __init__(self, *args: Any, **kwargs: Any):
+        arguments = bound_arguments(RecurrentNPG.__init__, self, args, kwargs)
+        if arguments["sub_sampling_factor"] != 1:
+            raise ValueError(f"Invalid sub_sampling_factor={arguments['sub_sampling_factor']!r}: RecurrentNPG needs 1")
         self._last_lstm_states: RNNStates | None = None
-        super().__init__(
-            policy,  # type: ignore[arg-type]
-            env,
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            batch_size=batch_size,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            cg_max_steps=cg_max_steps,
-            cg_damping=cg_damping,
-            target_kl=target_kl,
-            n_critic_updates=n_critic_updates,
-            normalize_advantage=normalize_advantage,
-            sub_sampling_factor=sub_sampling_factor,
-            fisher=fisher,
-            damped_step_size=damped_step_size,
-            step_length=step_length,
-            use_sde=use_sde,
-            sde_sample_freq=sde_sample_freq,
-            rollout_buffer_class=rollout_buffer_class,
-            rollout_buffer_kwargs=rollout_buffer_kwargs,
-            stats_window_size=stats_window_size,
-            tensorboard_log=tensorboard_log,
-            policy_kwargs=policy_kwargs,
-            verbose=verbose,
-            seed=seed,
-            device=device,
-            num_threads=num_threads,
-            _init_setup_model=_init_setup_model,
-        )
+        super().__init__(**arguments)
+
+    __init__.__signature__ = variant_signature(  # type: ignore[attr-defined]
+        NPG.__init__, policy=str | type[RecurrentActorCriticPolicy], defaults={"n_steps": 128}
+    )
 
     def _setup_model(self) -> None:
         # As RecurrentPPO._setup_model: the buffer stores the LSTM states, the rollout carries them
@@ -286,31 +213,44 @@ class RecurrentNPG(NPG):
         Collect experiences with the current policy, storing the LSTM states and carrying them to the next rollout:
         sb3-contrib's ``RecurrentPPO.collect_rollouts``, called as it is.
         """
+        # sb3-contrib's rollout loop, called on this model although RecurrentNPG is no RecurrentPPO. It reads only
+        # what SB3's OnPolicyAlgorithm defines (policy, action_space, device, gamma, num_timesteps, use_sde,
+        # sde_sample_freq, _last_obs, _last_episode_starts, _update_info_buffer) and _last_lstm_states (set up here
+        # as RecurrentPPO sets it up), the same from sb3-contrib 2.4 to 2.9, and tests/test_variants.py checks that
+        # against the installed version. The alternatives are worse: a copy of its ~100 lines would not follow
+        # sb3-contrib's fixes, and inheriting RecurrentPPO would put PPO's constructor, train() and _setup_model in
+        # NPG's method resolution order.
         return RecurrentPPO.collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
 
-    def train(self) -> None:
+    def _rollout_batch(self) -> UpdateBatch:
         """
-        Update policy using the currently gathered rollout buffer: one natural-gradient step on all its sequences
-        (real steps only), then the critic's regression.
+        The rollout buffer as one batch of padded sequences: the actions and advantages of the real steps, the
+        distribution recomputed along each sequence from its stored initial LSTM state (:class:`SequenceBatch`), and
+        the masks of the real steps if :meth:`_action_masks` gives the buffer's (MaskableRecurrentNPG), which
+        :class:`SequenceBatch` applies to that distribution.
         """
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-
         rollout_data = next(self.rollout_buffer.get(batch_size=None))
         real = rollout_data.mask > 1e-8
         actions = rollout_data.actions[real]
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
         masks = self._action_masks(rollout_data)  # None, or the masks of MaskableRecurrentNPG's buffer (padded)
-        batch = SequenceBatch(self.policy, rollout_data.lstm_states.pi, rollout_data.episode_starts, real)
-        self._policy_step(
-            rollout_data.observations,
-            actions,
-            rollout_data.advantages[real],
-            None if masks is None else masks[real],
-            batch_policy=batch,
+        return UpdateBatch(
+            observations=rollout_data.observations,
+            actions=actions,
+            advantages=rollout_data.advantages[real],
+            returns=rollout_data.returns,
+            policy=SequenceBatch(self.policy, rollout_data.lstm_states.pi, rollout_data.episode_starts, real),
+            action_masks=None if masks is None else masks[real],
         )
-        self._record_update(self._fit_sequence_critic())
+
+    def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor, batch_rows: np.ndarray | None = None) -> float:
+        """
+        :meth:`~sb3_npg.npg.NPG.train`'s critic step: :meth:`_fit_sequence_critic`, on the buffer's minibatches of
+        sequences. The whole padded batch given (``observations``, ``returns``) is not what it regresses on: the
+        critic's LSTM needs the sequences with their stored states, which the buffer cuts as for RecurrentPPO.
+        """
+        return self._fit_sequence_critic()
 
     def _fit_sequence_critic(self) -> float:
         """

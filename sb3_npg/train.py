@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     Train (or tune) an agent with RL Zoo.
 
     :param argv: command line arguments (``None``: ``sys.argv[1:]``)
-    :return: exit status (0, or 2 for a bad command line or hyperparameter file)
+    :return: exit status: 0; 1 for an error while RL Zoo trains, as ``rl_zoo3 train`` (a bad hyperparameter file, an
+        env without an entry); 2 for a bad command line
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     from_trpo = TRPO_FLAG in argv

@@ -1,61 +1,40 @@
 """
-Tests of the benchmark pipeline's own logic: the per-update log of ``benchmarks/zoo_run.py``, its copy beside the
-results (``benchmarks/rewards.py``), the rliable statistics of ``benchmarks/heldout_stats.py`` and the collapse
-diagnosis of ``benchmarks/investigations/diagnose_collapse.py`` on tiny synthetic results files, and the policy probe
-of ``benchmarks/investigations/probe_policy.py`` on tiny saved models.
+Tests of the benchmark pipeline's own logic (the maintained scripts of ``benchmarks/README.md`` and their helper
+module ``benchmarks/common.py``, importable through the ``pythonpath`` setting of pytest in ``pyproject.toml``): the
+per-update log of ``benchmarks/zoo_run.py``, its copy beside the results (``benchmarks/rewards.py``), the rliable
+statistics of ``benchmarks/heldout_stats.py`` (with its learning curves and training times per algorithm), the
+selection protocol's arithmetic of ``benchmarks/selection_stats.py`` and the training times of
+``benchmarks/train_time.py`` on tiny synthetic results files, and records that name no machine.
 """
 
-import csv
 import gzip
 import json
 import pathlib
 import shutil
-import sys
 
+import common
+import heldout_stats
 import numpy as np
 import pytest
-import torch as th
+import rewards
+import selection_stats
+import train_time
+import zoo_run
 from sb3_contrib import TRPO
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_npg import NPG
-
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS / "investigations")]
-
-import common  # noqa: E402
-import diagnose_collapse  # noqa: E402
-import heldout_stats  # noqa: E402
-import probe_policy  # noqa: E402
-import rewards  # noqa: E402
-import same_update  # noqa: E402
-import train_time  # noqa: E402
-import zoo_run  # noqa: E402
-
-
-def read_update_log(path: pathlib.Path) -> list[dict[str, str]]:
-    with gzip.open(path, "rt", newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def write_update_log(path: pathlib.Path, rows: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def test_update_log_has_one_row_per_update_with_that_updates_values(tmp_path: pathlib.Path) -> None:
     env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
     model = NPG("MlpPolicy", env, n_steps=32, batch_size=64, n_critic_updates=1, seed=0)
-    log = zoo_run.UpdateLog(tmp_path / zoo_run.UPDATE_LOG)
+    log = zoo_run.UpdateLog(tmp_path / common.UPDATE_LOG)
     # an evaluation dumps (and so clears) the logger in the middle of a rollout, as the Zoo's EvalCallback does
     evaluation = EvalCallback(make_vec_env("Pendulum-v1", n_envs=1, seed=1), eval_freq=40, n_eval_episodes=1)
     model.learn(4 * 64, callback=[evaluation, log])
-    rows = read_update_log(tmp_path / zoo_run.UPDATE_LOG)
+    rows = common.read_update_log(tmp_path / common.UPDATE_LOG)
     assert [int(row["train/n_updates"]) for row in rows] == [1, 2, 3, 4]
     assert [int(row["time/total_timesteps"]) for row in rows] == [64, 128, 192, 256]
     for row in rows:
@@ -72,9 +51,9 @@ def test_update_log_takes_the_advantage_scale_from_the_buffer_when_the_algorithm
     tmp_path: pathlib.Path,
 ) -> None:
     model = TRPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), n_steps=32, batch_size=64, seed=0)
-    log = zoo_run.UpdateLog(tmp_path / zoo_run.UPDATE_LOG)
+    log = zoo_run.UpdateLog(tmp_path / common.UPDATE_LOG)
     model.learn(2 * 64, callback=log)
-    rows = read_update_log(tmp_path / zoo_run.UPDATE_LOG)
+    rows = common.read_update_log(tmp_path / common.UPDATE_LOG)
     assert len(rows) == 2
     assert "train/kl_divergence_loss" in rows[0]
     expected = np.std(model.rollout_buffer.advantages, ddof=1)
@@ -86,7 +65,7 @@ def finished_run(run_dir: pathlib.Path, seed: int, content: bytes) -> None:
     run_dir.mkdir(parents=True)
     result = {"algo": "npg", "env": "Hopper-v5", "seed": seed, "n_timesteps": 1000, "steps": 1024, "final_mean_return": 1.0}
     (run_dir / "result.json").write_text(json.dumps(result))
-    with gzip.open(run_dir / zoo_run.UPDATE_LOG, "wb") as file:
+    with gzip.open(run_dir / common.UPDATE_LOG, "wb") as file:
         file.write(content)
 
 
@@ -95,6 +74,7 @@ def test_recorded_run_keeps_its_update_log_beside_the_results(tmp_path: pathlib.
     finished_run(tmp_path / "run3", seed=3, content=b"time/total_timesteps\n1024\n")
     assert rewards.adopt_run(tmp_path / "run3", results) == []
     (line,) = common.read_jsonl(results)
+    assert line["adopted_from"] == "run3" and "host" not in line["machine"]  # no folder or host of the machine
     kept = results.parent / line["update_log"]
     assert line["update_log"].startswith("updates/npg_Hopper-v5_seed3_1000_")
     shutil.rmtree(tmp_path / "run3")  # what the suite does to a log folder whose run starts over
@@ -169,6 +149,190 @@ def test_heldout_statistics_on_a_tiny_results_file(tmp_path: pathlib.Path, resul
     assert heldout_stats.main(argv)["sets"] == report["sets"]
 
 
+def stats_without_header(path: pathlib.Path) -> str:
+    """A ``stats.md`` without its "Generated by" line (the command and date differ from run to run)."""
+    return "\n".join(line for line in path.read_text().splitlines() if not line.startswith("Generated by"))
+
+
+def test_heldout_statistics_add_every_baseline_with_runs(
+    tmp_path: pathlib.Path, results_files: tuple[pathlib.Path, ...]
+) -> None:
+    problem = common.rliable_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    heldout, tuning = results_files
+    argv = ["--heldout", str(heldout), "--tuning", str(tuning), "--reps", "200"]
+    # without PPO runs, the default (npg trpo ppo) writes the tables of npg against trpo alone
+    heldout_stats.main([*argv, "--out-dir", str(tmp_path / "default")])
+    heldout_stats.main([*argv, "--algos", "npg", "trpo", "--out-dir", str(tmp_path / "two")])
+    table = stats_without_header(tmp_path / "default" / "stats.md")
+    assert table == stats_without_header(tmp_path / "two" / "stats.md")
+    assert table.startswith("# MuJoCo final returns: IQM, 95 % intervals, P(NPG > TRPO)\n") and "PPO" not in table
+    # PPO runs on Hopper: a PPO column group, P(NPG > PPO) beside P(NPG > TRPO)
+    curve = {"curve_steps": [1000, 2000], "curve_returns": [0.0, 1.0]}
+    ppo = [
+        result_line("ppo", "Hopper-v5", seed, final, **curve) for seed, final in zip((3, 4, 5), (0.0, 2.5, 50.0), strict=True)
+    ]
+    with_ppo = tmp_path / "with_ppo.jsonl"
+    with_ppo.write_text(heldout.read_text() + "\n".join(ppo) + "\n")
+    report = heldout_stats.main(
+        ["--heldout", str(with_ppo), "--tuning", str(tuning), "--reps", "200", "--out-dir", str(tmp_path)]
+    )
+    hopper = report["sets"]["held-out"]["envs"]["Hopper-v5"]
+    assert hopper["ppo"]["seeds"] == [3, 4, 5] and hopper["ppo"]["iqm"] == pytest.approx(52.5 / 3)  # 3 seeds: the mean
+    # NPG (1, 2, 3, 4, 100) against PPO (0, 2.5, 50): 1 beats one, 2 one, 3 two, 4 two, 100 three, of 15 pairs
+    assert hopper["p_npg_over_ppo"] == pytest.approx(9 / 15)
+    assert hopper["p_npg_over_trpo"] == pytest.approx((0.5 + 1.5 + 2 + 3 + 4) / 20)  # unchanged by the PPO runs
+    low, high = hopper["p_npg_over_ppo_ci"]
+    assert low <= hopper["p_npg_over_ppo"] <= high and low < high
+    walker = report["sets"]["held-out"]["envs"]["Walker2d-v5"]
+    assert walker["ppo"]["n"] == 0 and walker["p_npg_over_ppo"] is None
+    table = (tmp_path / "stats.md").read_text()
+    assert (
+        "P(NPG > TRPO) [95 % CI] | PPO IQM [95 % CI] | NPG - PPO (IQM) | P(NPG > PPO) [95 % CI] | seeds NPG / TRPO / PPO |"
+        in table
+    )
+    assert "| Hopper-v5 | **3** [" in table and "| -14 | **0.60** [" in table and "| 5 / 4 / 3 |" in table
+    assert "- Hopper-v5 PPO: 3: 0, 4: 2, 5: 50" in table
+
+
+def test_heldout_learning_curves_and_training_times(tmp_path: pathlib.Path) -> None:
+    problem = common.rliable_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    lines = [
+        # NPG seeds 3-6: at step 1000 returns 1, 2, 3, 100 (IQM: the mean of 2 and 3); seed 6 was also evaluated at 1500
+        *(
+            result_line(
+                "npg", "Hopper-v5", seed, 0.0, curve_steps=[1000, 2000], curve_returns=[first, 10.0], train_time_s=time
+            )
+            for seed, first, time in zip((3, 4, 5), (1.0, 2.0, 3.0), (100.0, 300.0, 200.0), strict=True)
+        ),
+        result_line(
+            "npg", "Hopper-v5", 6, 0.0, curve_steps=[1000, 1500, 2000], curve_returns=[100.0, 5.0, 10.0], train_time_s=900.0
+        ),
+        *(
+            result_line(
+                "trpo", "Hopper-v5", seed, 0.0, curve_steps=[1000, 2000], curve_returns=[0.0, 4.0 * seed], train_time_s=400.0
+            )
+            for seed in (3, 4)
+        ),
+        result_line("ppo", "Hopper-v5", 3, 0.0, curve_steps=[1000, 2000], curve_returns=[7.0, 8.0], train_time_s=1000.0),
+    ]
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("\n".join(lines) + "\n")
+    argv = ["--heldout", str(heldout), "--tuning", str(tmp_path / "none.jsonl"), "--reps", "200", "--envs", "Hopper-v5"]
+    heldout_stats.main([*argv, "--out-dir", str(tmp_path / "out")])
+    costs = json.loads((tmp_path / "out" / "costs.json").read_text())
+    npg = costs["learning_curves"]["Hopper-v5"]["npg"]
+    assert npg["seeds"] == [3, 4, 5, 6] and npg["steps"] == [1000, 2000]  # the steps every run has
+    assert npg["iqm"] == pytest.approx([2.5, 10.0])
+    assert npg["iqm_ci_low"][0] < 2.5 < npg["iqm_ci_high"][0] and npg["iqm_ci_low"][1] == npg["iqm_ci_high"][1] == 10.0
+    trpo = costs["learning_curves"]["Hopper-v5"]["trpo"]
+    assert trpo["iqm"] == pytest.approx([0.0, 14.0]) and trpo["iqm_ci_low"][1] == 12.0 and trpo["iqm_ci_high"][1] == 16.0
+    times = costs["train_time"]["Hopper-v5"]
+    assert times["npg"]["median_s"] == 250.0 and times["trpo"]["median_s"] == 400.0 and times["ppo"]["n"] == 1
+    text = (tmp_path / "out" / "costs.md").read_text()
+    assert "| Hopper-v5 | 250 (4) | 400 (2) | 1000 (1) | 0.62 | 0.25 |" in text and "two at a time, one per core" in text
+    assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 10_000
+    # NPG runs from another file (the held-out runs of the chosen entries) replace the NPG runs of the results file
+    npg_file = tmp_path / "npg" / "rewards.jsonl"
+    npg_file.parent.mkdir()
+    npg_file.write_text(
+        "\n".join(
+            result_line("npg", "Hopper-v5", seed, 50.0 + seed, curve_steps=[2000], curve_returns=[1.0]) for seed in (3, 9)
+        )
+    )
+    report = heldout_stats.main([*argv, "--npg-results", str(npg_file), "--out-dir", str(tmp_path / "chosen")])
+    hopper = report["sets"]["held-out"]["envs"]["Hopper-v5"]
+    assert hopper["npg"]["seeds"] == [3, 9] and hopper["npg"]["iqm"] == pytest.approx(56.0)
+    assert hopper["trpo"]["seeds"] == [3, 4] and hopper["p_npg_over_trpo"] == 1.0
+    costs = json.loads((tmp_path / "chosen" / "costs.json").read_text())
+    assert costs["seeds"] == [3, 4, 5, 6, 9] and costs["learning_curves"]["Hopper-v5"]["npg"]["steps"] == [2000]
+    # two NPG entries' runs on the same seeds cannot both count
+    npg_file.write_text(npg_file.read_text() + "\n" + result_line("npg", "Hopper-v5", 3, 1.0, variant=["gamma:0.999"]) + "\n")
+    with pytest.raises(ValueError, match="several npg entries"):
+        heldout_stats.main([*argv, "--npg-results", str(npg_file), "--out-dir", str(tmp_path / "chosen")])
+
+
+PPO_NET = "policy_kwargs:" + selection_stats.PPO_NET
+
+
+@pytest.fixture
+def protocol(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "selection.md"
+    rows = ["| env | candidate | overrides | why |", "|---|---|---|---|", "| Hopper-v5 | shipped | none | x |"]
+    rows += [f"| Hopper-v5 | {name} | x | x |" for name in ("long", "traces", "ppo_net")]
+    path.write_text("# Protocol\n\n## Candidates\n\n" + "\n".join(rows) + "\n\n## Results\n\n| Hopper-v5 | c | x |\n")
+    return path
+
+
+def selection_lines(variant: list[str], returns: dict[int, float]) -> list[str]:
+    extra = {"variant": variant} if variant else {}
+    return [result_line("npg", "Hopper-v5", seed, final, **extra) for seed, final in returns.items()]
+
+
+def test_selection_statistics_follow_the_protocol(
+    tmp_path: pathlib.Path, protocol: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    problem = common.rliable_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    assert selection_stats.protocol_candidates(protocol) == {"Hopper-v5": 3}
+    long, traces, net = ["gamma:0.999"], ["gae_lambda:0.99"], [PPO_NET, "n_steps:1024"]
+    stage_1 = [
+        *selection_lines([], {0: 10.0, 1: 20.0, 2: 30.0, 5: 1e6, 12: 1e6}),  # seeds 5 and 12 are not tuning seeds
+        *selection_lines(long, {0: 30.0, 1: 30.0, 2: 30.0}),
+        *selection_lines(traces, {0: 20.0, 1: 20.0, 2: 20.0}),  # IQM equal to the shipped entry's: goes on
+    ]
+    results = tmp_path / "selection" / "rewards.jsonl"
+    results.parent.mkdir()
+    results.write_text("\n".join(stage_1) + "\n")
+    argv = ["--results", str(results), "--protocol", str(protocol), "--reps", "200"]
+    hopper = selection_stats.main(argv)["envs"]["Hopper-v5"]
+    assert not hopper["stage_1_complete"] and hopper["choice"] is None  # the third candidate has no runs yet
+    assert "seed 5: seeds 3-19 are not tuning seeds" in capsys.readouterr().err
+    # the third candidate: 40, 0, 0 (IQM 13.3, below the shipped entry's 20)
+    results.write_text(results.read_text() + "\n".join(selection_lines(net, {0: 40.0, 1: 0.0, 2: 0.0})) + "\n")
+    record = selection_stats.main(argv)
+    hopper = record["envs"]["Hopper-v5"]
+    cells = {cell["entry"]: cell for cell in hopper["stage_1"]}
+    assert cells["shipped"]["seeds"] == [0, 1, 2] and cells["shipped"]["iqm"] == pytest.approx(20.0)
+    assert cells["ppo_net, n_steps:1024"]["iqm"] == pytest.approx(40 / 3)
+    # P(candidate > shipped): each 30 beats 10 and 20 and ties 30, over the 9 seed pairs
+    assert cells["gamma:0.999"]["p_over_shipped"] == pytest.approx(7.5 / 9) and cells["shipped"]["p_over_shipped"] is None
+    assert hopper["stage_1_complete"] and hopper["to_stage_2"] == ["gamma:0.999", "gae_lambda:0.99"]
+    assert hopper["choice"] is None and not hopper["stage_2_complete"]
+    assert [(run["seed"], run["why"][:9]) for run in record["ignored_runs"]] == [(5, "seeds 3-1"), (12, "seeds 3-1")]
+    table = (results.parent / "stats.md").read_text()
+    assert "| `gamma:0.999` | 0, 1, 2 | 30, 30, 30 | **30** [30, 30] | **0.83** [" in table and "| yes |" in table
+    assert (
+        "| `ppo_net, n_steps:1024` | 0, 1, 2 | 40, 0, 0 | **13** [" in table
+        and "To stage 2: `gamma:0.999`, `gae_lambda:0.99`." in table
+    )
+    # stage 2: the shipped entry 20 on seeds 20-24 (eight-seed IQM 20); gamma 10 (IQM 15); gae_lambda 21 (IQM 20.75)
+    stage_2 = [
+        *selection_lines([], dict.fromkeys(range(20, 25), 20.0)),
+        *selection_lines(long, dict.fromkeys(range(20, 25), 10.0)),
+    ]
+    results.write_text(results.read_text() + "\n".join(stage_2) + "\n")
+    staged = results.read_text()
+    for traces_return, choice in ((21.0, "gae_lambda:0.99"), (20.0, "shipped")):  # a tie keeps the entry
+        results.write_text(staged + "\n".join(selection_lines(traces, dict.fromkeys(range(20, 25), traces_return))) + "\n")
+        hopper = selection_stats.main(argv)["envs"]["Hopper-v5"]
+        cells = {cell["entry"]: cell for cell in hopper["stage_2"]}
+        assert cells["shipped"]["iqm"] == pytest.approx(20.0) and cells["gamma:0.999"]["iqm"] == pytest.approx(15.0)
+        assert cells["gae_lambda:0.99"]["seeds"] == [0, 1, 2, 20, 21, 22, 23, 24]
+        assert hopper["stage_2_complete"] and hopper["choice"]["entry"] == choice
+    assert (
+        "Choice: **shipped**; the best candidate (gae_lambda:0.99) has IQM 20.0" in (results.parent / "stats.md").read_text()
+    )
+    # a second run of an entry on a seed is refused
+    results.write_text(staged + "\n".join(selection_lines(long, {0: 1.0})) + "\n")
+    with pytest.raises(ValueError, match=r"two runs of Hopper-v5 gamma:0\.999 on seed 0"):
+        selection_stats.main(argv)
+
+
 def test_train_time_compares_only_the_runs_recorded_since_the_date_and_subtracts_the_pauses(tmp_path: pathlib.Path) -> None:
     results = tmp_path / "runs.jsonl"
     lines = [
@@ -199,184 +363,19 @@ def test_train_time_compares_only_the_runs_recorded_since_the_date_and_subtracts
     ]
 
 
-def test_same_update_sets_npg_beside_trpo_in_per_dimension_kl_and_tests_over_the_seeds(tmp_path: pathlib.Path) -> None:
-    npg_results, trpo_results = tmp_path / "npg" / "rewards.jsonl", tmp_path / "trpo" / "rewards.jsonl"
-    npg_lines, trpo_lines = [], []
-    for seed in (4, 5, 6):
-        # NPG logs the KL summed over 3 dimensions (target 0.03), TRPO the mean (target 0.01)
-        npg_rows = [
-            {
-                "target_kl": 0.03,
-                "train/kl_divergence": 0.018 + 0.003 * seed,
-                "train/value_loss": 0.5,
-                "train/explained_variance": 0.9,
-                "train/advantage_std": 0.1,
-                "rollout/ep_rew_mean": 10.0 * update,
-            }
-            for update in range(1, 201)
-        ]
-        trpo_rows = [
-            {
-                "target_kl": 0.01,
-                "train/kl_divergence_loss": 0.006,
-                "train/value_loss": 0.25,
-                "train/explained_variance": 0.95,
-                "train/advantage_std": 0.2,
-                "rollout/ep_rew_mean": 20.0 * update,
-            }
-            for update in range(1, 201)
-        ]
-        write_update_log(npg_results.parent / "updates" / f"{seed}.csv.gz", npg_rows)
-        write_update_log(trpo_results.parent / "updates" / f"{seed}.csv.gz", trpo_rows)
-        npg_lines.append(result_line("npg", "Hopper-v5", seed, 1000.0 + seed, update_log=f"updates/{seed}.csv.gz"))
-        trpo_lines.append(result_line("trpo", "Hopper-v5", seed, 3000.0 + seed, update_log=f"updates/{seed}.csv.gz"))
-    trpo_lines.append(result_line("trpo", "Hopper-v5", 3, 3000.0))  # no log: left out
-    npg_results.write_text("\n".join(npg_lines) + "\n")
-    trpo_results.write_text("\n".join(trpo_lines) + "\n")
-    out = tmp_path / "per_update.md"
-    text = same_update.main(
-        ["--npg-results", str(npg_results), "--trpo-results", str(trpo_results), "--envs", "Hopper-v5", "--out", str(out)]
-    )
-    assert out.read_text() == text and "action dimension 3" in text
-    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| 4 |") or line.startswith("| 5 |")]
-    assert [row[1] for row in rows] == ["NPG", "TRPO", "NPG", "TRPO"]
-    assert rows[0][3] == "0.01000" and rows[2][3] == "0.01100" and rows[1][3] == "0.00600"  # per dimension
-    assert rows[0][5] == "1.00" and rows[1][5] == "0.60"  # KL / target
-    assert rows[0][9] == "1505" and rows[1][9] == "3010"  # mean of the last 100 updates' training returns
-    assert "NPG below TRPO on 3 of 3 seeds" in text and "seed | algorithm" in text and "| 3 |" not in text
-
-
 def test_heldout_statistics_reject_a_bad_number_of_replications(results_files: tuple[pathlib.Path, ...]) -> None:
     with pytest.raises(SystemExit):
         heldout_stats.main(["--heldout", str(results_files[0]), "--reps", "0"])
 
 
-def test_collapse_finds_runs_that_end_below_the_threshold_of_their_best_evaluation(tmp_path: pathlib.Path) -> None:
-    steps = [100_000 * i for i in range(1, 11)]
-    fell = [1000, 3000, 3500, 3600, 3400, 1200, 900, 800, 700, 600]
-    run = {"algo": "npg", "env": "Hopper-v5", "seed": 5, "steps": 1_001_472, "curve_steps": steps, "curve_returns": fell}
-    assert diagnose_collapse.collapse({**run, "final_mean_return": 2200}, 0.6) is None  # 2200 >= 0.6 * 3600
-    fall = diagnose_collapse.collapse({**run, "final_mean_return": 600}, 0.6)
-    assert fall == {"best_step": 400_000, "best": 3600, "fall_start": 500_000, "fall_end": 600_000}
-    # only the final evaluation is below: the fall is in the last interval
-    late = diagnose_collapse.collapse(
-        {**run, "curve_returns": [*fell[:4], 3600, 3600, 3600, 3600, 3600, 3500], "final_mean_return": 900}, 0.6
-    )
-    assert late is not None and (late["fall_start"], late["fall_end"]) == (1_000_000, 1_001_472)
+def test_records_name_the_machine_kind_and_the_code_but_no_folder_or_host(tmp_path: pathlib.Path) -> None:
+    import sb3_npg
 
-    # the whole command on a results file whose collapsed run has a per-update log: a figure, the run returned
-    rows = [{"time/total_timesteps": s, "target_kl": 0.1, "train/kl_divergence": 0.05, "train/xFx": 1.0} for s in steps]
-    results = tmp_path / "rewards.jsonl"
-    write_update_log(tmp_path / "updates" / "log.csv.gz", rows)
-    results.write_text(
-        json.dumps({**run, "final_mean_return": 600, "n_timesteps": 1_000_000, "update_log": "updates/log.csv.gz"}) + "\n"
-    )
-    (found,) = diagnose_collapse.main(["--results", str(results)])
-    assert found["run"]["seed"] == 5 and found["fall_end"] == 600_000
-    assert (tmp_path / "diagnosis" / "npg_Hopper-v5_seed5.png").is_file()
-    with pytest.raises(SystemExit):
-        diagnose_collapse.main(["--results", str(results), "--threshold", "1.5"])
-
-
-def test_comparison_sets_each_run_beside_the_other_algorithms_run_on_the_same_seed(
-    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    def update_log(name: str, samples: int, kl_key: str, kl: float, target_kl: float) -> str:
-        rows = [
-            {
-                "time/total_timesteps": samples * (i + 1),
-                "target_kl": target_kl,
-                kl_key: kl * (1 + i % 2),  # alternating kl, 2 kl: median 1.5 kl
-                "train/std": 1.0 - i / 100,
-                "rollout/ep_rew_mean": 10.0 * i,
-                "rollout/ep_len_mean": 5.0 * i,
-            }
-            for i in range(40_960 // samples)
-        ]
-        (tmp_path / "updates").mkdir(exist_ok=True)
-        with gzip.open(tmp_path / "updates" / name, "wt", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return f"updates/{name}"
-
-    curve = {"curve_steps": [20_480, 40_960], "curve_returns": [100.0, 200.0], "n_timesteps": 40_960, "steps": 40_960}
-    runs = [
-        {"algo": "npg", "seed": 5, "update_log": update_log("npg5.csv.gz", 4096, "train/kl_divergence", 0.08, 0.1)},
-        {"algo": "trpo", "seed": 5, "update_log": update_log("trpo5.csv.gz", 2048, "train/kl_divergence_loss", 0.006, 0.01)},
-        # another seed's TRPO run, which must not be paired with NPG's seed 5
-        {"algo": "trpo", "seed": 6, "update_log": update_log("trpo6.csv.gz", 1024, "train/kl_divergence_loss", 0.5, 0.01)},
-    ]
-    results = tmp_path / "rewards.jsonl"
-    results.write_text(
-        "".join(json.dumps({**run, "env": "Hopper-v5", "final_mean_return": 200.0, **curve}) + "\n" for run in runs)
-    )
-
-    diagnose_collapse.main(["--results", str(results), "--algos", "npg", "--compare", "trpo"])
-    assert (tmp_path / "diagnosis" / "npg_vs_trpo_Hopper-v5_seed5.png").stat().st_size > 10_000
-    assert not (tmp_path / "diagnosis" / "npg_vs_trpo_Hopper-v5_seed6.png").exists()
-    printed = capsys.readouterr().out
-    assert printed.count(" against trpo") == 1
-    assert "trpo's logged KL times 3" in printed  # TRPO's KL is a mean over Hopper's 3 action dimensions
-
-    npg_rows = diagnose_collapse.read_update_log(tmp_path / runs[0]["update_log"])
-    summary = diagnose_collapse.comparison_summary({"final_mean_return": 200.0}, npg_rows)
-    assert summary["samples per update"] == 4096 and summary["updates"] == 10
-    assert summary["KL per update"] == pytest.approx(0.12)
-    assert summary["KL per 1000 samples"] == pytest.approx(0.12 / 4.096)
-    assert summary["summed KL"] == pytest.approx(5 * 0.08 + 5 * 0.16)
-    assert (summary["first std"], summary["last std"]) == (1.0, pytest.approx(0.91))
-    assert (summary["last training return"], summary["last training ep. length"]) == (90.0, 45.0)
-    trpo_rows = diagnose_collapse.read_update_log(tmp_path / runs[1]["update_log"])
-    assert diagnose_collapse.summed_kl_factor("Hopper-v5", npg_rows) == 1
-    assert diagnose_collapse.summed_kl_factor("Hopper-v5", trpo_rows) == 3
-    assert diagnose_collapse.summed_kl_factor("CartPole-v1", trpo_rows) == 1  # Discrete: one KL per state already
-    series = diagnose_collapse.comparison_series(trpo_rows, 3)
-    assert series["KL per update"][:2] == pytest.approx([0.018, 0.036])
-    assert series["summed KL"][-1] == pytest.approx(3 * (10 * 0.006 + 10 * 0.012))
-
-
-def test_probe_tells_episodes_that_reach_the_time_limit_from_those_that_fall(tmp_path: pathlib.Path) -> None:
-    # an rl_zoo3 log folder's layout, with a model and VecNormalize statistics
-    for env_id, algo in (("Pendulum-v1", TRPO), ("InvertedPendulum-v5", NPG), ("CartPole-v1", NPG)):
-        run_dir = tmp_path / env_id / algo.__name__.lower() / f"{env_id}_1"
-        (run_dir / env_id).mkdir(parents=True)
-        env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=0), norm_reward=False)
-        algo("MlpPolicy", env, n_steps=64, batch_size=64, seed=0).save(run_dir / f"{env_id}.zip")
-        env.save(str(run_dir / env_id / "vecnormalize.pkl"))
-    with pytest.raises(ValueError, match="checkpoint"):
-        probe_policy.run_paths(tmp_path / "Pendulum-v1", "last")
-    with pytest.raises(ValueError, match="Box actions"):
-        probe_policy.main(["noise", str(tmp_path / "CartPole-v1"), "--episodes", "1"])
-
-    # Pendulum never ends before its time limit of 200 steps; an untrained policy drops the inverted pendulum early
-    rows = probe_policy.main(["noise", str(tmp_path / "Pendulum-v1"), "--episodes", "2", "--noise-scales", "0.5"])
-    assert [row["noise_scale"] for row in rows] == [0.0, 0.5]
-    assert all(row["timeouts"] == 1.0 and row["length"] == 200 for row in rows)
-    algo_name, env_id, model, vecnormalize = probe_policy.run_paths(tmp_path / "InvertedPendulum-v5", "final")
-    assert (algo_name, env_id, model.name) == ("npg", "InvertedPendulum-v5", "InvertedPendulum-v5.zip")
-    assert vecnormalize.is_file()
-    rows = probe_policy.main(["noise", str(tmp_path / "InvertedPendulum-v5"), "--episodes", "3", "--noise-scales", "1"])
-    assert all(row["timeouts"] == 0.0 and row["length"] < 1000 for row in rows)
-
-
-def test_pairwise_cosines_of_step_directions() -> None:
-    vectors = [th.tensor([1.0, 0.0]), th.tensor([2.0, 0.0]), th.tensor([0.0, -3.0])]
-    assert probe_policy.pairwise_cosines(vectors) == pytest.approx([1.0, 0.0, 0.0])
-
-
-def test_probe_figure_draws_the_continue_lines_and_refuses_a_file_without_any(tmp_path: pathlib.Path) -> None:
-    base = {"algo": "trpo", "env": "Hopper-v5", "log_dir": "runs/seed5_1000000", "checkpoint": "final", "mode": "continue"}
-    result = {"return": 3600.0, "training_return": 2500.0}
-    rows = [
-        {**base, **result, "seed": 1, "target_kl": kl, **damping, "n_steps": 2048, "steps": steps}
-        for kl, damping in ((0.01, {}), (0.1, {"cg_damping": 0.3}))  # a row without cg_damping had the default
-        for steps in (0, 8192)
-    ]
-    lines = tmp_path / "probes.jsonl"
-    lines.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    probe_policy.main(["figure", str(lines), "--figure", str(tmp_path / "continue.png")])
-    assert (tmp_path / "continue.png").stat().st_size > 10_000
-    lines.write_text(json.dumps({**base, "mode": "noise"}) + "\n")
-    with pytest.raises(ValueError, match="no 'continue' lines"):
-        probe_policy.main(["figure", str(lines), "--figure", str(tmp_path / "none.png")])
+    found = common.machine()
+    assert "host" not in found and found["kind"].endswith("CPU machine") and found["sb3_npg"] == sb3_npg.__version__
+    line = common.machine_line()
+    assert line.startswith(found["kind"]) and f"sb3_npg {sb3_npg.__version__}" in line
+    assert str(common.REPOSITORY) not in line and str(pathlib.Path(sb3_npg.__file__).parent) not in line
+    # paths inside the repository are recorded relative to it; outside it, by their name alone
+    assert common.repository_path(common.RESULTS / "heldout" / "rewards.jsonl") == "benchmarks/results/heldout/rewards.jsonl"
+    assert common.repository_path(tmp_path / "run3") == "run3"

@@ -284,7 +284,7 @@ def test_a_wrong_storage_url_is_one_line_naming_it_without_the_password(
     values = {"--env": "CartPole-v1", "-n": TRIAL_STEPS, "--seed": "1", "-f": str(tmp_path)}
     command = adapted(recipe()["worker"], postgres, values)
     argv = [url if word.startswith("postgresql") else word for word in command[3:]]  # after python -m sb3_npg.train
-    assert npg_train.main(argv) == 2
+    assert npg_train.main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     [line] = [line for line in err.splitlines() if "error:" in line]
@@ -303,7 +303,7 @@ def test_a_storage_url_whose_driver_is_missing_says_how_to_install_one(
         pytest.skip("pg8000 is installed: no missing driver to report")
     url = "postgresql+pg8000://optuna:secret@127.0.0.1:5432/npg_studies"
     argv = ["--env", "CartPole-v1", "-optimize", "--n-trials", "1", "-n", TRIAL_STEPS, "--storage", url]
-    assert npg_train.main([*argv, "--study-name", "s", "--no-optim-plots", "-f", str(tmp_path)]) == 2
+    assert npg_train.main([*argv, "--study-name", "s", "--no-optim-plots", "-f", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     [line] = [line for line in err.splitlines() if "error:" in line]
     assert "postgresql+pg8000://optuna:***@127.0.0.1:5432/npg_studies" in line

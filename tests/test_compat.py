@@ -1,8 +1,14 @@
 """
-Drop-in use for SB3 users: what code written for PPO, TRPO, MaskablePPO and RecurrentPPO does, with NPG, MaskableNPG
-and RecurrentNPG on their defaults (only ``n_steps`` is made tiny): small rollouts, save/load, predict, evaluation,
-callbacks, tensorboard, observation spaces, custom networks, BatchNorm/Dropout, gSDE, vectorized and normalized
-environments, parameters, copies of the policy, and ``learn`` called again.
+Drop-in use for SB3 users: what code written for PPO, TRPO, MaskablePPO and RecurrentPPO does, with NPG, MaskableNPG,
+RecurrentNPG and MaskableRecurrentNPG on their defaults (only ``n_steps`` is made tiny): small rollouts, save/load,
+predict, evaluation, callbacks, tensorboard, observation spaces, custom networks, BatchNorm/Dropout, gSDE (not
+MaskableRecurrentNPG's: its actions are discrete), vectorized and normalized environments, parameters, copies of the
+policy, and ``learn`` called again.
+
+It is the one home of gSDE, tensorboard and the save/load round trip of the four classes; ``test_save_load.py`` tests
+the files themselves (atomic saves, missing, corrupt and untrusted files, warm starts), ``test_maskable.py``,
+``test_recurrent.py`` and ``test_maskable_recurrent.py`` what only their class keeps (masks over every action space,
+LSTM states, both, with Dict and image observations for MaskableRecurrentNPG).
 """
 
 import copy
@@ -27,7 +33,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecNormalize
 from torch import nn
 
-from sb3_npg import NPG, MaskableNPG, RecurrentNPG
+from sb3_npg import NPG, MaskableNPG, MaskableRecurrentNPG, RecurrentNPG
+from sb3_npg.maskable_recurrent import evaluate_policy as evaluate_masked_recurrent_policy
 from sb3_npg.save_load import UnsafeTorchError
 from sb3_npg.zoo import check_hyperparameters
 from tests.envs import MaskedToyEnv, ToyEnv, image_space
@@ -38,17 +45,21 @@ ALGORITHMS: dict[str, tuple[type[NPG], str]] = {
     "npg": (NPG, "MlpPolicy"),
     "maskable": (MaskableNPG, "MlpPolicy"),
     "recurrent": (RecurrentNPG, "MlpLstmPolicy"),
+    "maskable_recurrent": (MaskableRecurrentNPG, "MlpLstmPolicy"),
 }
 KINDS = list(ALGORITHMS)
+#: The kinds that take action masks, and those with an LSTM policy
+MASKED = ("maskable", "maskable_recurrent")
+RECURRENT = ("recurrent", "maskable_recurrent")
 N_STEPS = 32  # below the default batch_size (128): the critic's minibatch is the whole rollout
 SMALL_BATCH_WARNING = "ignore:You have specified a mini-batch size"
 pytestmark = pytest.mark.filterwarnings(SMALL_BATCH_WARNING, "ignore:NPG's critic does not train a shared")
 
 
 def make_env(kind: str, n_envs: int = 1, vec_env_cls: type[VecEnv] | None = None, seed: int = 0) -> VecEnv:
-    """CartPole for NPG and RecurrentNPG, sb3-contrib's masked identity env (4 actions, 2 invalid) for MaskableNPG."""
+    """CartPole for NPG and RecurrentNPG, sb3-contrib's masked identity env (4 actions, 2 invalid) for the masked kinds."""
     vec_env_kwargs = {"start_method": "fork"} if vec_env_cls is SubprocVecEnv else None
-    if kind == "maskable":
+    if kind in MASKED:
         return make_vec_env(
             InvalidActionEnvDiscrete,
             n_envs=n_envs,
@@ -84,7 +95,7 @@ def observations_of(kind: str, n: int = 8) -> np.ndarray:
 
 
 def deterministic_actions(model: NPG, observations: np.ndarray) -> np.ndarray:
-    """Deterministic actions of a batch (all actions valid for MaskableNPG; a fresh LSTM state for RecurrentNPG)."""
+    """Deterministic actions of a batch (all actions valid for the masked kinds; a fresh LSTM state for the recurrent ones)."""
     if isinstance(model, RecurrentNPG):
         starts = np.ones(len(observations), dtype=bool)
         return model.predict(observations, state=None, episode_start=starts, deterministic=True)[0]
@@ -284,15 +295,21 @@ def test_policy_deep_copies_and_pickles(kind: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_round_trip_predicts_the_same_and_continues(kind: str, tmp_path: Path) -> None:
-    model = make_model(kind).learn(N_STEPS)
+    """Trusted or not: the same actions, the hyperparameters and the actor/critic split kept, trains on in more envs."""
+    model = make_model(kind, target_kl=0.05).learn(N_STEPS)
     observations = observations_of(kind)
     model.save(tmp_path / "model")
     for trusted in TRUSTED_MODES:
-        loaded = type(model).load(tmp_path / "model.zip", env=make_env(kind), trusted=trusted)
+        loaded = type(model).load(tmp_path / "model.zip", env=make_env(kind, n_envs=2), trusted=trusted)
         np.testing.assert_array_equal(deterministic_actions(loaded, observations), deterministic_actions(model, observations))
-        assert loaded.num_timesteps == N_STEPS
-        loaded.learn(N_STEPS, reset_num_timesteps=False)
-        assert loaded.num_timesteps == 2 * N_STEPS and loaded._n_updates == 2
+        assert loaded.num_timesteps == N_STEPS and loaded.target_kl == 0.05
+        critic = {id(p) for group in loaded.policy.optimizer.param_groups for p in group["params"]}
+        assert {id(p) for p in loaded.actor_parameters} == {id(p) for p in loaded.policy.parameters() if id(p) not in critic}
+        before = policy_parameters(loaded).clone()
+        loaded.learn(2 * N_STEPS, reset_num_timesteps=False)  # one rollout of 2 envs
+        assert loaded.num_timesteps == 3 * N_STEPS and loaded._n_updates == 2
+        after = policy_parameters(loaded)
+        assert not th.equal(after, before) and th.isfinite(after).all()
 
 
 @below_safe_torch
@@ -323,7 +340,7 @@ def test_predict_single_batched_and_with_states_or_masks(kind: str) -> None:
     batched = deterministic_actions(model, observations)
     assert batched.shape == (len(observations),)
     assert model.action_space.contains(int(batched[0]))
-    if kind == "recurrent":
+    if kind in RECURRENT:
         starts = np.ones(len(observations), dtype=bool)
         actions, states = model.predict(observations, state=None, episode_start=starts, deterministic=True)
         assert states is not None and states[0].shape == (1, len(observations), 256)
@@ -331,7 +348,7 @@ def test_predict_single_batched_and_with_states_or_masks(kind: str) -> None:
         np.testing.assert_array_equal(actions, again)
         _, next_states = model.predict(observations, state=states, episode_start=~starts, deterministic=True)
         assert not np.allclose(next_states[0], states[0])  # the LSTM state is carried
-    if kind == "maskable":
+    if kind in MASKED:
         masks = np.zeros((len(observations), 4), dtype=bool)
         masks[np.arange(len(observations)), np.arange(len(observations)) % 4] = True  # one valid action per row
         for deterministic in (True, False):
@@ -342,17 +359,19 @@ def test_predict_single_batched_and_with_states_or_masks(kind: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_evaluate_policy(kind: str) -> None:
     model = make_model(kind).learn(N_STEPS)
-    evaluate: Callable = evaluate_masked_policy if kind == "maskable" else evaluate_policy
+    evaluate: Callable = {"maskable": evaluate_masked_policy, "maskable_recurrent": evaluate_masked_recurrent_policy}.get(
+        kind, evaluate_policy
+    )
     rewards, lengths = evaluate(model, make_env(kind, seed=1), n_eval_episodes=3, return_episode_rewards=True)
     assert len(rewards) == len(lengths) == 3 and all(length >= 1 for length in lengths)
-    if kind == "maskable":  # with masks, an invalid action is never taken: rewards in [0, ep_length]
+    if kind in MASKED:  # with masks, an invalid action is never taken: rewards in [0, ep_length]
         assert all(0 <= reward <= 20 for reward in rewards)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_callbacks_eval_checkpoint_and_stop_on_reward_threshold(kind: str, tmp_path: Path) -> None:
     stop = StopTrainingOnRewardThreshold(reward_threshold=-1.0, verbose=0)  # any reward stops at the first evaluation
-    eval_class = MaskableEvalCallback if kind == "maskable" else EvalCallback
+    eval_class = MaskableEvalCallback if kind in MASKED else EvalCallback
     evaluation = eval_class(
         make_env(kind, seed=1),
         callback_on_new_best=stop,
@@ -382,13 +401,17 @@ def test_tensorboard_logging_and_learn_twice(kind: str, tmp_path: Path) -> None:
     events = EventAccumulator(str(run))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
+    assert run.name == "run_1" and len(list(run.glob("events.out.tfevents.*"))) == 2  # one file per learn call
     assert {"train/kl_divergence", "train/step_size", "train/value_loss", "train/xFx", "time/fps"} <= scalars
     # As with PPO: an update's logs are written with the next rollout's, and a learn call's last ones are not
     assert [event.step for event in events.Scalars("train/kl_divergence")] == [2 * N_STEPS]
     assert [event.step for event in events.Scalars("time/fps")] == [N_STEPS, 2 * N_STEPS, 3 * N_STEPS]
+    if kind != "recurrent":  # RecurrentNPG's default tb_log_name is still NPG's, where RecurrentPPO's is its class name
+        model.learn(N_STEPS)  # without tb_log_name: a new run named after the class, as PPO's and MaskablePPO's are
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["run_1", f"{type(model).__name__}_1"])
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["npg", "maskable", "recurrent"])  # MaskableRecurrentNPG's: test_maskable_recurrent.py
 @pytest.mark.parametrize("observations", ["dict", "image"])
 def test_dict_and_image_observations(kind: str, observations: str) -> None:
     image = image_space()
@@ -424,7 +447,10 @@ def test_custom_net_arch(kind: str) -> None:
 def test_gsde(kind: str, tmp_path: Path) -> None:
     env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
     model = make_model(kind, env=env, use_sde=True, sde_sample_freq=4)
+    log_std = model.policy.log_std.detach().clone()
     model.learn(2 * N_STEPS)
+    assert model._n_updates == 2 and not th.equal(model.policy.log_std, log_std)  # the exploration matrix's scale trains
+    assert model.logger.name_to_value["train/std"] > 0
     observations = np.random.default_rng(0).uniform(-1, 1, (4, 3)).astype(np.float32)
     model.save(tmp_path / "sde")
     loaded = type(model).load(tmp_path / "sde", env=env)

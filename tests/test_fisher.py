@@ -17,9 +17,10 @@ from torch import nn
 
 from sb3_npg import NPG
 from sb3_npg.conjugate_gradient import conjugate_gradient
+from sb3_npg.constants import FISHER_BACKENDS
 from sb3_npg.distributions import distribution_outputs, output_fisher
 from sb3_npg.fast.mlp_jacobian import MLPJacobian
-from sb3_npg.fisher import FISHER_BACKENDS, EmpiricalFisher, make_fisher
+from sb3_npg.fisher import EmpiricalFisher, make_fisher
 from sb3_npg.jacobian import AutogradJacobian
 from sb3_npg.kl import mean_summed_kl
 from sb3_npg.parameters import flatten

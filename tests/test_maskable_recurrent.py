@@ -28,7 +28,8 @@ from torch.distributions import Categorical, kl_divergence
 from torch.func import functional_call
 
 from sb3_npg import MaskableNPG, MaskableRecurrentNPG, RecurrentNPG
-from sb3_npg.fisher import FISHER_BACKENDS, make_fisher
+from sb3_npg.constants import FISHER_BACKENDS
+from sb3_npg.fisher import make_fisher
 from sb3_npg.kl import action_distribution, mean_summed_kl
 from sb3_npg.maskable_recurrent import (
     MaskableRecurrentDictRolloutBuffer,

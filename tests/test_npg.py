@@ -1,12 +1,11 @@
 """
-NPG as an SB3 algorithm: every action and observation space, gSDE, vectorised envs, callbacks, progress bar,
-tensorboard, save/load, argument guards, the guard against non-finite steps, logged keys and determinism.
+NPG as an SB3 algorithm: every action and observation space, vectorised envs, callbacks, progress bar, argument
+guards, the guard against non-finite steps, logged keys and determinism. gSDE, tensorboard and save/load of all three
+classes are in ``test_compat.py``; files that are not saved models in ``test_save_load.py``.
 """
 
 import math
-import pathlib
 import warnings
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -14,14 +13,13 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import sb3_npg.npg
 from sb3_npg import NPG
 from sb3_npg.conjugate_gradient import CGSolution
 from tests.dense import flat_actor
 from tests.envs import ACTION_SPACES, image_space
-from tests.helpers import TINY, collect, observations_for, toy_env
+from tests.helpers import TINY, collect, toy_env
 
 
 def all_parameters(model: NPG) -> th.Tensor:
@@ -85,15 +83,6 @@ def test_shared_trainable_extractor_warns(
     assert all(id(parameter) not in actor_ids for parameter in critic_features.parameters()) != warns
 
 
-def test_gsde() -> None:
-    model = NPG("MlpPolicy", toy_env(), use_sde=True, sde_sample_freq=4, **TINY)
-    log_std = model.policy.log_std.detach().clone()
-    model.learn(32)
-    assert model._n_updates == 2
-    assert not th.equal(model.policy.log_std, log_std)
-    assert model.logger.name_to_value["train/std"] > 0
-
-
 def test_multiple_envs() -> None:
     model = NPG("MlpPolicy", toy_env(n_envs=4), **TINY)
     model.learn(128)
@@ -138,71 +127,6 @@ def test_progress_bar() -> None:
     model = NPG("MlpPolicy", toy_env(), **TINY)
     model.learn(32, progress_bar=True)
     assert model.num_timesteps == 32
-
-
-def test_tensorboard_log(tmp_path: pathlib.Path) -> None:
-    model = NPG("MlpPolicy", toy_env(), tensorboard_log=str(tmp_path), **TINY)
-    model.learn(48)
-    event_files = list((tmp_path / "NPG_1").glob("events.out.tfevents.*"))
-    assert len(event_files) == 1
-    events = EventAccumulator(str(event_files[0]))
-    events.Reload()
-    assert {"train/kl_divergence", "train/step_size", "train/xFx", "train/value_loss"} <= set(events.Tags()["scalars"])
-
-
-def model_actor(model: NPG) -> list[th.nn.Parameter]:
-    """The parameters not held by the critic optimiser."""
-    critic = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
-    return [p for p in model.policy.parameters() if id(p) not in critic]
-
-
-@pytest.mark.parametrize("action_space", [ACTION_SPACES["box6d"], ACTION_SPACES["discrete"]], ids=["box6d", "discrete"])
-def test_save_load_round_trip(tmp_path: pathlib.Path, action_space: spaces.Space) -> None:
-    model = NPG("MlpPolicy", toy_env(action_space), target_kl=0.05, **TINY)
-    model.learn(32)
-    model.save(tmp_path / "npg")
-    loaded = NPG.load(tmp_path / "npg")
-    observations = observations_for(model)
-    expected, _ = model.predict(observations, deterministic=True)
-    actual, _ = loaded.predict(observations, deterministic=True)
-    np.testing.assert_array_equal(actual, expected)
-    assert loaded.target_kl == 0.05
-    assert {id(p) for p in loaded.actor_parameters} == {id(p) for p in model_actor(loaded)}  # the split is rebuilt
-
-
-def test_load_into_new_env_and_continue(tmp_path: pathlib.Path) -> None:
-    NPG("MlpPolicy", toy_env(), **TINY).learn(32).save(tmp_path / "npg.zip")
-    loaded = NPG.load(tmp_path / "npg.zip", env=toy_env(n_envs=2))
-    before = all_parameters(loaded)
-    loaded.learn(64, reset_num_timesteps=False)
-    assert loaded.num_timesteps == 32 + 64
-    assert loaded._n_updates == 2 + 2
-    assert not th.equal(all_parameters(loaded), before)
-    assert th.isfinite(all_parameters(loaded)).all()
-
-
-def test_load_missing_file(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nothing_here"):
-        NPG.load(tmp_path / "nothing_here.zip")
-
-
-def test_load_corrupt_files(tmp_path: pathlib.Path) -> None:
-    not_a_zip = tmp_path / "garbage.zip"
-    not_a_zip.write_bytes(b"this is not a saved model")
-    with pytest.raises(ValueError, match="garbage"):
-        NPG.load(not_a_zip)
-
-    NPG("MlpPolicy", toy_env(), **TINY).save(tmp_path / "whole.zip")
-    truncated = tmp_path / "truncated.zip"
-    truncated.write_bytes((tmp_path / "whole.zip").read_bytes()[:-200])
-    with pytest.raises(ValueError, match="truncated"):
-        NPG.load(truncated)
-
-    without_weights = tmp_path / "no_weights.zip"
-    with zipfile.ZipFile(tmp_path / "whole.zip") as whole, zipfile.ZipFile(without_weights, "w") as partial:
-        partial.writestr("data", whole.read("data"))
-    with pytest.raises(ValueError, match=r"policy\.pth"):
-        NPG.load(without_weights)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """
-Saved models (:mod:`sb3_npg.save_load`, :mod:`sb3_npg.zoo.trust`): atomic ``save``, ``load(..., trusted=False)``
+Saved models (:mod:`sb3_npg.save_load`, :mod:`sb3_npg.zoo.trust`): atomic ``save``, a missing, truncated or
+incomplete file, ``load(..., trusted=False)``
 of files from strangers (crafted files whose pickled entries create a marker file when unpickled), ``enjoy`` on a
 downloaded agent with poisoned files, and the warm start of NPG from PPO, A2C and TRPO files, models and dicts.
 """
@@ -98,6 +99,35 @@ def test_save_writes_atomically_where_sb3_would(tmp_path: pathlib.Path) -> None:
     (tmp_path / "folder.zip").mkdir()
     with pytest.raises(IsADirectoryError, match="folder"):
         model.save(tmp_path / "folder.zip")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Files that are not saved models
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_load_missing_file(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        NPG.load(tmp_path / "nothing_here.zip")
+
+
+def test_load_corrupt_files(tmp_path: pathlib.Path) -> None:
+    not_a_zip = tmp_path / "garbage.zip"
+    not_a_zip.write_bytes(b"this is not a saved model")
+    with pytest.raises(ValueError, match="garbage"):
+        NPG.load(not_a_zip)
+
+    NPG("MlpPolicy", toy_env(), **TINY).save(tmp_path / "whole.zip")
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes((tmp_path / "whole.zip").read_bytes()[:-200])
+    with pytest.raises(ValueError, match="truncated"):
+        NPG.load(truncated)
+
+    without_weights = tmp_path / "no_weights.zip"
+    with zipfile.ZipFile(tmp_path / "whole.zip") as whole, zipfile.ZipFile(without_weights, "w") as partial:
+        partial.writestr("data", whole.read("data"))
+    with pytest.raises(ValueError, match=r"policy\.pth"):
+        NPG.load(without_weights)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -392,6 +422,32 @@ def test_set_parameters_from_npg_loads_the_optimizer(tmp_path: pathlib.Path) -> 
     assert all(th.equal(saved[i]["exp_avg"], loaded[i]["exp_avg"]) for i in saved)
 
 
+def test_set_parameters_exact_match_raises_what_torch_and_sb3_raise() -> None:
+    """SB3's and sb3-contrib's own save/load case: a key missing or extra under exact_match=True is a RuntimeError."""
+    model = NPG("MlpPolicy", toy_env(), **TINY)
+    original = {name: dict(state) for name, state in model.get_parameters().items()}
+    first_key = next(iter(original["policy"]))
+    missing = {**original, "policy": {key: value for key, value in original["policy"].items() if key != first_key}}
+    extra = {**original, "policy": {**original["policy"], "planted.weight": th.zeros(1)}}
+    for params, message in ((missing, rf"'policy.{first_key}' is missing"), (extra, r"'policy.planted.weight' is not one")):
+        with pytest.raises(RuntimeError, match=message):
+            model.set_parameters(params, exact_match=True)
+        with pytest.raises(ValueError, match=message):  # code that catches sb3_npg's ValueError keeps working
+            model.set_parameters(params, exact_match=True)
+    # SB3's other cases keep their ValueError: an unknown parameter set, a parameter set left out
+    with pytest.raises(ValueError, match="'I_should_not_be_a_valid_object' is not one of the model's parameter sets"):
+        model.set_parameters({**original, "I_should_not_be_a_valid_object": "and_I_am_an_invalid_tensor"})
+    with pytest.raises(ValueError, match="Names of parameters do not match"):
+        model.set_parameters({"policy": original["policy"]}, exact_match=True)
+
+    # exact_match=False loads what is given and leaves the rest
+    randomised = {key: th.rand_like(value) for key, value in missing["policy"].items()}
+    model.set_parameters({"policy": randomised}, exact_match=False)
+    loaded = model.policy.state_dict()
+    assert th.equal(loaded[first_key], original["policy"][first_key])
+    assert all(th.equal(loaded[key], value) for key, value in randomised.items())
+
+
 # --------------------------------------------------------------------------------------------------------
 # RL Zoo scripts on a downloaded agent
 # --------------------------------------------------------------------------------------------------------
@@ -446,7 +502,7 @@ def test_enjoy_does_not_run_a_downloaded_agents_code(
     if where == "model":
         assert status == 0  # the pickled entry is not needed: the agent runs
     else:
-        assert status == 2 and where.split(".")[0] in err and "--trusted" in err, err
+        assert status == 1 and where.split(".")[0] in err and "--trusted" in err, err
 
     # The payload is real: rl_zoo3's own loading (--trusted) runs it.
     with contextlib.suppress(Exception):
@@ -467,10 +523,10 @@ def test_enjoy_checks_the_wrappers(
     with open(config, "a") as file:
         file.write("  - - env_wrapper\n    - builtins.print\n")
     argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
-    assert enjoy.main(argv) == 2
+    assert enjoy.main(argv) == 1
     assert "builtins.print is not a gymnasium.core.Wrapper subclass" in capsys.readouterr().err
     config.write_text(config.read_text().replace("builtins.print", "antigravity.Wrapper"))  # importing it opens a browser
-    assert enjoy.main(argv) == 2
+    assert enjoy.main(argv) == 1
     assert "antigravity.Wrapper is in a package outside" in capsys.readouterr().err
     assert "antigravity" not in sys.modules
 
@@ -485,7 +541,7 @@ def test_enjoy_refuses_other_algorithms_models_unless_trusted(
     (tmp_path / "ppo").mkdir()
     PPO("MlpPolicy", env, n_steps=16, batch_size=16).save(tmp_path / "ppo" / "CartPole-v1.zip")
     argv = ["--algo", "ppo", "--env", "CartPole-v1", "-f", str(tmp_path), "--exp-id", "-1", "--no-render", "-n", "20"]
-    assert enjoy.main(argv) == 2
+    assert enjoy.main(argv) == 1
     assert "only npg and npg_lstm models are loaded without running their code" in capsys.readouterr().err
     assert enjoy.main([*argv, "--trusted"]) == 0
 
@@ -500,7 +556,7 @@ def test_enjoy_refuses_below_safe_torch(
     poison(zoo_agent, tmp_path / "agent", "vecnormalize.pkl", marker)
     before = {file: (file.read_bytes(), file.stat().st_mtime_ns) for file in (tmp_path / "agent").rglob("*") if file.is_file()}
     argv = ["--env", "CartPole-v1", "-f", str(tmp_path / "agent"), "--exp-id", "1", "--no-render", "-n", "50"]
-    assert enjoy.main(argv) == 2
+    assert enjoy.main(argv) == 1
     err = capsys.readouterr().err
     assert f"torch {th.__version__} is installed" in err and "CVE-2026-24747" in err and "pass --trusted" in err, err
     assert not marker.exists()

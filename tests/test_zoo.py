@@ -179,7 +179,7 @@ def test_enjoy_module_in_a_fresh_interpreter(trained: dict[str, Path]) -> None:
 
 
 def test_enjoy_without_a_model_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert npg_enjoy.main(["--env", "CartPole-v1", "-f", str(tmp_path), "--no-render"]) == 2
+    assert npg_enjoy.main(["--env", "CartPole-v1", "-f", str(tmp_path), "--no-render"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("python -m sb3_npg.enjoy: error:") and "\n" not in err
 
@@ -268,9 +268,21 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> 
         assert needle in last, (needle, last)
 
 
+def test_env_without_an_entry_exits_with_rl_zoo3_trains_status(tmp_path: Path) -> None:
+    """RL Zoo's own test_default_hyperparameters: an env with no entry (and no 'default') exits with status 1."""
+    conf = write_conf(tmp_path / "missing_default.yml", {"CartPole-v1": {"policy": "MlpPolicy", "n_timesteps": 200}})
+    argv = ["-n", "100", "--env", "Pendulum-v1", "-conf", conf, "-f", str(tmp_path / "logs"), *QUIET]
+    zoo = run_module("rl_zoo3.train", "--algo", "ppo", *argv)
+    ours = run_module("sb3_npg.train", *argv)
+    assert zoo.returncode == ours.returncode == 1, (zoo.stderr[-2000:], ours.stderr)
+    assert "Hyperparameters not found for ppo-Pendulum-v1" in zoo.stderr
+    [line] = ours.stderr.strip().splitlines()
+    assert line == f"python -m sb3_npg.train: error: Hyperparameters not found for npg-Pendulum-v1 in {conf}"
+
+
 def test_unknown_env_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     logs = tmp_path / "logs"
-    assert npg_train.main(["--env", "CartPol-v1", "-f", str(logs), *QUIET]) == 2
+    assert npg_train.main(["--env", "CartPol-v1", "-f", str(logs), *QUIET]) == 1
     assert_one_line_error(capsys, "CartPol-v1", "CartPole-v1")
     assert not logs.exists()
 
@@ -296,7 +308,7 @@ def test_bad_yaml_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str], over
     entry = {"policy": "MlpPolicy", "n_timesteps": 1000, "n_envs": 2, "n_steps": 512, **override}
     conf = write_conf(tmp_path / "bad.yml", {"CartPole-v1": entry})
     logs = tmp_path / "logs"
-    assert npg_train.main(["--env", "CartPole-v1", "--conf-file", conf, "-f", str(logs), *QUIET]) == 2
+    assert npg_train.main(["--env", "CartPole-v1", "--conf-file", conf, "-f", str(logs), *QUIET]) == 1
     assert_one_line_error(capsys, *needles)
     assert not logs.exists(), list(logs.rglob("*"))
 
@@ -322,14 +334,14 @@ def test_bad_override_on_the_command_line(tmp_path: Path, capsys: pytest.Capture
     logs = tmp_path / "logs"
     (logs / "npg").mkdir(parents=True)  # an existing log folder is kept, only this run's folder goes
     argv = ["--env", "CartPole-v1", "-f", str(logs), "--hyperparams", "target_kl:0", *QUIET]
-    assert npg_train.main(argv) == 2
+    assert npg_train.main(argv) == 1
     assert_one_line_error(capsys, "npg.yml", "target_kl=0")
     assert list(logs.rglob("*")) == [logs / "npg"]
 
 
 def test_missing_conf_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = str(tmp_path / "nope.yml")
-    assert npg_train.main(["--env", "CartPole-v1", "--conf-file", conf, "-f", str(tmp_path / "logs"), *QUIET]) == 2
+    assert npg_train.main(["--env", "CartPole-v1", "--conf-file", conf, "-f", str(tmp_path / "logs"), *QUIET]) == 1
     assert_one_line_error(capsys, "nope.yml")
 
 
@@ -675,7 +687,7 @@ def test_npg_lstm_entry_with_a_feedforward_policy_is_a_one_line_error(
     conf = write_conf(tmp_path / "bad.yml", {"CartPoleNoVel-v1": {"policy": "MlpPolicy", "n_timesteps": 1000}})
     logs = tmp_path / "logs"
     assert (
-        npg_train.main(["--algo", "npg_lstm", "--env", "CartPoleNoVel-v1", "--conf-file", conf, "-f", str(logs), *QUIET]) == 2
+        npg_train.main(["--algo", "npg_lstm", "--env", "CartPoleNoVel-v1", "--conf-file", conf, "-f", str(logs), *QUIET]) == 1
     )
     assert_one_line_error(capsys, "policy='MlpPolicy'", "RecurrentNPG takes one of 'MlpLstmPolicy'")
     assert not logs.exists()

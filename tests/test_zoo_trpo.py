@@ -128,7 +128,7 @@ def test_missing_entry_is_a_one_line_error(tmp_path: Path) -> None:
     """InvertedPendulum-v5 has no TRPO entry, nor a -v4 one: a clear error, nothing written."""
     argv = ["--env", "InvertedPendulum-v5", "--trpo-hyperparams", "-f", str(tmp_path)]
     status, _, err = train([*argv, *QUIET])
-    assert status == 2
+    assert status == 1
     assert err.count("\n") == 1
     assert "trpo.yml has no TRPO entry for InvertedPendulum-v5 (nor for its -v4 sibling)" in err
     assert not (tmp_path / "npg").exists() or not any((tmp_path / "npg").iterdir())
@@ -139,7 +139,7 @@ def test_a_key_trpo_does_not_take_is_named(tmp_path: Path) -> None:
     conf.write_text(yaml.safe_dump({"Pendulum-v1": {"policy": "MlpPolicy", "n_steps": 64, "clip_range": 0.2}}))
     argv = ["--env", "Pendulum-v1", "--trpo-hyperparams", "--conf-file", str(conf), "-f", str(tmp_path)]
     status, _, err = train([*argv, *QUIET])
-    assert status == 2
+    assert status == 1
     assert "'clip_range' (a PPO/A2C argument)" in err
 
 

@@ -11,7 +11,7 @@ quantities against the steps, with the other runs of the same env and algorithm 
 
     python benchmarks/investigations/diagnose_collapse.py             # the held-out results
     python benchmarks/investigations/diagnose_collapse.py --envs Hopper-v5 --algos npg --threshold 0.6
-    python benchmarks/investigations/diagnose_collapse.py --results benchmarks/results/rewards.jsonl --out-dir /tmp/diagnosis
+    python benchmarks/investigations/diagnose_collapse.py --results benchmarks/results/rewards.jsonl --out-dir diagnosis
 
 Figures: ``<out-dir>/<algo>_<env>_seed<seed>.png`` (default out-dir: ``diagnosis/`` beside the results file).
 
@@ -25,8 +25,6 @@ side, and a figure ``<algo>_vs_<other>_<env>_seed<seed>.png``. For instance NPG 
 """
 
 import argparse
-import csv
-import gzip
 import itertools
 import math
 import pathlib
@@ -36,18 +34,12 @@ from typing import Any
 import numpy as np
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BENCHMARKS))  # rewards.py, imported as a module, imports common.py and zoo_run.py from there
+sys.path.insert(0, str(BENCHMARKS))  # common.py, the benchmarks' helper module
 
-from common import RESULTS, read_jsonl  # noqa: E402
-from rewards import expand_envs, group_results  # noqa: E402
+from common import RESULTS, expand_envs, group_results, kl_key, read_jsonl, read_update_log  # noqa: E402
 
 #: The quantities the diagnosis shows for each update (see :func:`quantities`).
 QUANTITIES = ("KL/target", "xFx", "std", "expl. var.", "adv. std")
-
-
-def kl_key(row: dict[str, float]) -> str:
-    """The measured KL of the update: NPG's ``train/kl_divergence``, TRPO's ``train/kl_divergence_loss``."""
-    return "train/kl_divergence" if "train/kl_divergence" in row else "train/kl_divergence_loss"
 
 
 def quantities(row: dict[str, float]) -> dict[str, float]:
@@ -198,12 +190,6 @@ def plot_comparison(pair: list[tuple[dict[str, Any], list[dict[str, float]]]], p
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def read_update_log(path: pathlib.Path) -> list[dict[str, float]]:
-    """The rows of a per-update log (``.csv.gz``), values as floats (an empty cell is NaN)."""
-    with gzip.open(path, "rt", newline="") as file:
-        return [{key: float(value) if value else math.nan for key, value in row.items()} for row in csv.DictReader(file)]
 
 
 def collapse(run: dict[str, Any], threshold: float) -> dict[str, Any] | None:

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from common import markdown_table, read_jsonl
-from diagnose_collapse import kl_key, read_update_log
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # common.py, the benchmarks' helper module
+from common import kl_key, markdown_table, read_jsonl, read_update_log
 
 #: Updates at the end of a run whose training returns (``rollout/ep_rew_mean``) are averaged
 LAST_UPDATES = 100

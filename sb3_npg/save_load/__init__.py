@@ -22,7 +22,8 @@ names them there).
 - :func:`require_safe_torch`: the untrusted paths refuse to run on a torch whose ``weights_only`` unpickler has
   published advisories (below :data:`SAFE_TORCH_VERSION`).
 - :func:`check_state_dict`: tensors that do not fit the model (shape, dtype, extra or missing keys) are refused
-  before any is copied into it.
+  before any is copied into it, with a :class:`ParameterMismatchError` (a ``RuntimeError`` as torch's, and a
+  ``ValueError``).
 
 The limits on a save file (member count and names, stated sizes, compression ratio) are in
 :mod:`~sb3_npg.save_load.archive`.
@@ -35,6 +36,7 @@ from sb3_npg.save_load.archive import (
     RATIO_CHECKED_ABOVE,
     UntrustedLoadError,
 )
+from sb3_npg.save_load.parameters import ParameterMismatchError
 from sb3_npg.save_load.untrusted import (
     SAFE_TORCH_VERSION,
     TORCH_ADVISORIES,
@@ -50,6 +52,7 @@ __all__ = [
     "RATIO_CHECKED_ABOVE",
     "SAFE_TORCH_VERSION",
     "TORCH_ADVISORIES",
+    "ParameterMismatchError",
     "UnsafeTorchError",
     "UntrustedLoadError",
     "require_safe_torch",

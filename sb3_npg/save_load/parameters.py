@@ -2,7 +2,8 @@
 ``set_parameters``' checks: the state dicts read from a file, a dict or a model (:func:`read_parameters`), whether a
 saved optimiser state fits NPG's critic optimiser (:func:`optimizer_state_fits`: the warm start from PPO, A2C or
 TRPO, whose optimiser holds every parameter, NPG's the value function's only), and tensors that do not fit the model
-(shape, dtype, extra or missing keys) refused before any is copied into it (:func:`check_state_dict`).
+(shape, dtype, extra or missing keys) refused before any is copied into it (:func:`check_state_dict`), with a
+:class:`ParameterMismatchError`.
 """
 
 from collections.abc import Mapping
@@ -62,6 +63,14 @@ def optimizer_state_fits(state: Mapping[str, Any], optimizer: th.optim.Optimizer
     return True
 
 
+class ParameterMismatchError(RuntimeError, ValueError):
+    """
+    A state dict that does not fit the model. A ``RuntimeError``, as torch's ``load_state_dict(strict=True)`` and
+    SB3's ``set_parameters`` raise for missing or unexpected keys, so code written for them catches it; also a
+    ``ValueError``, what sb3_npg raises for bad input.
+    """
+
+
 def check_state_dict(name: str, state: Any, module: nn.Module, exact_match: bool) -> None:
     """
     Refuse a state dict that does not fit a module, before any tensor is copied into it: every tensor must have
@@ -71,7 +80,8 @@ def check_state_dict(name: str, state: Any, module: nn.Module, exact_match: bool
     :param state: the state dict to load
     :param module: the module it would be loaded into
     :param exact_match: whether the keys must be exactly the module's
-    :raises ValueError: naming the first parameter that does not fit
+    :raises ValueError: when ``state`` is not a state dict
+    :raises ParameterMismatchError: naming the first parameter that does not fit
     """
     if not isinstance(state, Mapping):
         raise ValueError(f"The '{name}' parameters are a {type(state).__name__}, not a state dict")
@@ -79,15 +89,17 @@ def check_state_dict(name: str, state: Any, module: nn.Module, exact_match: bool
     for key, value in state.items():
         if key not in expected:
             if exact_match:
-                raise ValueError(f"Parameter '{name}.{key}' is not one of the model's (exact_match=True)")
+                raise ParameterMismatchError(f"Parameter '{name}.{key}' is not one of the model's (exact_match=True)")
             continue
         if not isinstance(value, th.Tensor):
-            raise ValueError(f"Parameter '{name}.{key}' is a {type(value).__name__}, not a tensor")
+            raise ParameterMismatchError(f"Parameter '{name}.{key}' is a {type(value).__name__}, not a tensor")
         wanted = expected[key]
         if value.shape != wanted.shape:
-            raise ValueError(f"Parameter '{name}.{key}' has shape {tuple(value.shape)}, the model's {tuple(wanted.shape)}")
+            raise ParameterMismatchError(
+                f"Parameter '{name}.{key}' has shape {tuple(value.shape)}, the model's {tuple(wanted.shape)}"
+            )
         if value.dtype != wanted.dtype:
-            raise ValueError(f"Parameter '{name}.{key}' has dtype {value.dtype}, the model's {wanted.dtype}")
+            raise ParameterMismatchError(f"Parameter '{name}.{key}' has dtype {value.dtype}, the model's {wanted.dtype}")
     missing = sorted(set(expected) - set(state))
     if exact_match and missing:
-        raise ValueError(f"Parameter '{name}.{missing[0]}' is missing ({len(missing)} missing; exact_match=True)")
+        raise ParameterMismatchError(f"Parameter '{name}.{missing[0]}' is missing ({len(missing)} missing; exact_match=True)")

@@ -46,6 +46,11 @@ def algo_of(argv: list[str], default: str = ALGO_NAME) -> str:
     return default
 
 
+ERROR_STATUS = 1
+"""The exit status of an error raised while RL Zoo's script runs: RL Zoo's own scripts exit with it (Python's status
+for an uncaught exception), e.g. ``rl_zoo3 train`` for an env without a hyperparameter entry. A bad command line
+exits with argparse's 2, here as there."""
+
 # Errors that come from the user's input (command line, YAML, files): reported in one line, no traceback.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, AssertionError, FileNotFoundError, KeyError)
 
@@ -123,8 +128,9 @@ def run_zoo_script(
         ``if __name__ == "__main__"`` (run as ``__main__`` with :mod:`runpy`)
     :param argv: the command line arguments (``None``: ``sys.argv[1:]``)
     :param defaults: options added when absent, see :func:`with_default_arguments`
-    :return: the exit status: 0, or 2 for an input error or an unusable ``--storage`` database (reported in one
-        line on stderr; set the environment variable ``SB3_NPG_DEBUG=1`` for the traceback)
+    :return: the exit status: 0, or :data:`ERROR_STATUS` (1, RL Zoo's own) for an input error or an unusable
+        ``--storage`` database (reported in one line on stderr; set the environment variable ``SB3_NPG_DEBUG=1`` for
+        the traceback); a bad command line exits with argparse's 2
     """
     import importlib
     import runpy
@@ -148,13 +154,13 @@ def run_zoo_script(
         if isinstance(error, KeyError):
             message = f"missing key {message}"
         print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+        return ERROR_STATUS
     except Exception as error:
         storage_message = storage_error_message(error, argv)
         if storage_message is None or os.environ.get("SB3_NPG_DEBUG"):
             raise
         print(f"{prog}: error: {storage_message}", file=sys.stderr)
-        return 2
+        return ERROR_STATUS
     finally:
         sys.argv = saved_argv
     return 0
