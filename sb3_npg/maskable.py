@@ -56,6 +56,8 @@ class MaskableNPG(NPG):
     :param normalize_advantage: Whether to normalize the advantages
     :param sub_sampling_factor: Use every ``sub_sampling_factor``-th sample of the rollout for the Fisher
     :param fisher: The Fisher-vector product backend: ``"gauss_newton"``, ``"hessian"`` or ``"empirical"``
+    :param preconditioner: ``None`` or ``"kfac"`` (see :class:`~sb3_npg.npg.NPG`; K-FAC of the masked logits)
+    :param log_direction_cosine: Log the cosine of the direction to a converged solve (see :class:`~sb3_npg.npg.NPG`)
     :param damped_step_size: Normalise the step by ``x^T (F + lambda I) x`` instead of ``x^T F x``
     :param step_length: ``"quadratic"`` or ``"exact"`` (see :class:`~sb3_npg.npg.NPG`)
     :param rollout_buffer_class: Rollout buffer class to use (a maskable one). If ``None``, it will be
@@ -101,6 +103,8 @@ class MaskableNPG(NPG):
         normalize_advantage: bool = True,
         sub_sampling_factor: int = 1,
         fisher: str = "gauss_newton",
+        preconditioner: str | None = None,
+        log_direction_cosine: bool = False,
         damped_step_size: bool = False,
         step_length: str = "quadratic",
         rollout_buffer_class: type[RolloutBuffer] | None = None,
@@ -131,6 +135,8 @@ class MaskableNPG(NPG):
             normalize_advantage=normalize_advantage,
             sub_sampling_factor=sub_sampling_factor,
             fisher=fisher,
+            preconditioner=preconditioner,
+            log_direction_cosine=log_direction_cosine,
             damped_step_size=damped_step_size,
             step_length=step_length,
             rollout_buffer_class=rollout_buffer_class,

@@ -34,6 +34,7 @@ from sb3_npg.fast.lean_forward import LeanForward
 from sb3_npg.fast.rollout import collect_rollouts as lean_collect_rollouts
 from sb3_npg.fisher import make_fisher
 from sb3_npg.hyperparameters import check_npg_hyperparameters
+from sb3_npg.kfac import check_preconditioner, direction_cosine, make_preconditioner
 from sb3_npg.kl import action_distribution, distribution_not_kept, mean_summed_kl
 from sb3_npg.parameters import add_to_parameters_, set_parameters_along_
 from sb3_npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
@@ -83,6 +84,15 @@ class NPG(NPGBase):
     :param fisher: The Fisher-vector product backend: ``"gauss_newton"`` (default, exact and fastest),
         ``"hessian"`` (double backprop of the KL, like TRPO) or ``"empirical"`` (outer products of the
         per-sample scores, the seed article's formula)
+    :param preconditioner: The conjugate-gradient preconditioner: ``None`` (default, plain CG) or ``"kfac"``, the
+        Kronecker-factored approximation of the policy's Fisher (:mod:`sb3_npg.kfac`), built once per update from
+        the Fisher's batch: the same solution in fewer Fisher products. With ``cg_max_steps=1`` the direction is the
+        K-FAC solve itself (ACKTR's step), its length still set by the exact ``x^T F x`` from that one product.
+        ``"kfac"`` covers ``nn.Linear`` and ``nn.Conv2d`` layers and a Gaussian ``log_std`` (a ``ValueError``
+        names any other actor layer at construction).
+    :param log_direction_cosine: Also solve each update's system to convergence (preconditioned CG, up to 50
+        products, not used for the step) and log the cosine of the step's direction to that solution as
+        ``train/direction_cosine``: a diagnostic of how far a short or K-FAC solve is from the natural gradient.
     :param damped_step_size: Normalise the step by ``x^T (F + lambda I) x`` instead of ``x^T F x``.
         This is TRPO's normalisation; it under-steps (measured 0.4-0.95 ``target_kl`` on HalfCheetah, closer to
         ``target_kl`` when the curvature is large against ``cg_damping``). The MuJoCo entries of ``npg.yml`` use it.
@@ -151,6 +161,8 @@ class NPG(NPGBase):
         normalize_advantage: bool = True,
         sub_sampling_factor: int = 1,
         fisher: str = "gauss_newton",
+        preconditioner: str | None = None,
+        log_direction_cosine: bool = False,
         damped_step_size: bool = False,
         step_length: str = "quadratic",
         use_sde: bool = False,
@@ -197,6 +209,8 @@ class NPG(NPGBase):
         self.normalize_advantage = normalize_advantage
         self.sub_sampling_factor = sub_sampling_factor
         self.fisher = fisher
+        self.preconditioner = preconditioner
+        self.log_direction_cosine = log_direction_cosine
         self.damped_step_size = damped_step_size
         self.step_length = step_length
         self.num_threads = num_threads
@@ -222,6 +236,7 @@ class NPG(NPGBase):
     def _setup_actor_critic(self) -> None:
         """Split the policy into actor and critic parameters and give the critic its own optimiser."""
         self.actor_parameters, critic_parameters = split_parameters(self.policy, self._sample_distribution)
+        check_preconditioner(self.preconditioner, self.policy, self.actor_parameters)  # K-FAC covers every layer
         # The critic optimiser holds the value parameters only: the actor (log_std and a shared features
         # extractor included) is moved by the natural-gradient step alone.
         self.policy.optimizer = critic_optimizer(self.policy, critic_parameters, self.lr_schedule(1))
@@ -353,18 +368,26 @@ class NPG(NPGBase):
 
         # 2. Solve (F + lambda I) x = g by conjugate gradient on the chosen Fisher backend (sb3_npg.fisher)
         fisher_index = slice(None, None, self.sub_sampling_factor)
+        fisher_observations = index_observations(observations, fisher_index)
+        fisher_masks = None if action_masks is None else action_masks[fisher_index]
         fisher = make_fisher(
             self.fisher,
             policy,
             self.actor_parameters,
-            index_observations(observations, fisher_index),
+            fisher_observations,
             actions[fisher_index],
             self.cg_damping,
             jacobian=jacobian if self.sub_sampling_factor == 1 else None,
-            action_masks=None if action_masks is None else action_masks[fisher_index],
+            action_masks=fisher_masks,
         )
         del jacobian  # kept by the Fisher if it uses it, freed otherwise
-        direction, residual = fisher.solve(gradient, self.cg_max_steps)
+        # preconditioner="kfac": K-FAC's factors on the Fisher's batch (sb3_npg.kfac)
+        preconditioner = make_preconditioner(
+            self.preconditioner, self.policy, self.actor_parameters, fisher_observations, self.cg_damping, fisher_masks, policy
+        )
+        direction, residual = fisher.solve(gradient, self.cg_max_steps, preconditioner)
+        if self.log_direction_cosine:
+            self.logger.record("train/direction_cosine", direction_cosine(fisher, gradient, direction, preconditioner))
         # 3. x^T F x from the solve's residual, without another product (undamped unless damped_step_size)
         damped_quadratic = direction @ (gradient - residual)  # x^T (F + lambda I) x
         quadratic = damped_quadratic if self.damped_step_size else damped_quadratic - self.cg_damping * direction @ direction

@@ -122,6 +122,8 @@ class RecurrentNPG(NPG):
     :param normalize_advantage: Whether to normalize the advantages
     :param sub_sampling_factor: Must be 1
     :param fisher: The Fisher-vector product backend: ``"gauss_newton"``, ``"hessian"`` or ``"empirical"``
+    :param preconditioner: Must be ``None`` (K-FAC does not cover the LSTM: ``"kfac"`` raises ``ValueError``)
+    :param log_direction_cosine: Log the cosine of the direction to a converged solve (see :class:`~sb3_npg.npg.NPG`)
     :param damped_step_size: Normalise the step by ``x^T (F + lambda I) x`` instead of ``x^T F x``
     :param step_length: ``"quadratic"`` or ``"exact"``
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
@@ -165,6 +167,8 @@ class RecurrentNPG(NPG):
         normalize_advantage: bool = True,
         sub_sampling_factor: int = 1,
         fisher: str = "gauss_newton",
+        preconditioner: str | None = None,
+        log_direction_cosine: bool = False,
         damped_step_size: bool = False,
         step_length: str = "quadratic",
         use_sde: bool = False,
@@ -198,6 +202,8 @@ class RecurrentNPG(NPG):
             normalize_advantage=normalize_advantage,
             sub_sampling_factor=sub_sampling_factor,
             fisher=fisher,
+            preconditioner=preconditioner,
+            log_direction_cosine=log_direction_cosine,
             damped_step_size=damped_step_size,
             step_length=step_length,
             use_sde=use_sde,
