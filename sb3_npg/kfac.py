@@ -240,13 +240,16 @@ class KFACPreconditioner:
         columns = fisher_columns(distribution) if expectation == "exact" else sampled_columns(distribution)
         layer_outputs = [output for layer in self.layers for output in outputs[id(layer.module)]]
         used = [(output, column) for output, column in zip(dist_outputs, columns, strict=True) if output.requires_grad]
+        batched = columns[0].shape[0] > 1  # several columns: one vmapped backward pass; one: a plain one
         gradients = th.autograd.grad(
             [output for output, _ in used],
             layer_outputs,
-            grad_outputs=[column for _, column in used],
-            is_grads_batched=True,
+            grad_outputs=[column if batched else column[0] for _, column in used],
+            is_grads_batched=batched,
             allow_unused=True,
         )
+        if not batched:
+            gradients = tuple(None if gradient is None else gradient.unsqueeze(0) for gradient in gradients)
         by_output = iter(gradients)
         #: per layer, the factors ``(A, G)`` and the inverses of their damped forms
         self.factors: list[tuple[th.Tensor, th.Tensor]] = []
