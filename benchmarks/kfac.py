@@ -31,6 +31,7 @@ import time
 import warnings
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch as th
 from common import machine, machine_line, markdown_table, write_record
@@ -84,6 +85,9 @@ REFERENCE_STEPS = 100
 def make_env(env_id: str, n_envs: int, seed: int) -> VecEnv:
     """The config's vectorised env (Atari: SB3's AtariWrapper and 4 stacked frames, as the ``atari`` entry)."""
     if "NoFrameskip" in env_id:
+        import ale_py  # registers the Atari envs with gymnasium
+
+        gym.register_envs(ale_py)
         return VecFrameStack(make_atari_env(env_id, n_envs=n_envs, seed=seed), 4)
     return make_vec_env(env_id, n_envs=n_envs, seed=seed)
 
@@ -149,7 +153,9 @@ def measure_products(trainer: NPG, n_updates: int) -> list[dict[str, float]]:
         target = plain_residual.norm().item()
         steps, solution = None, None
         for n_steps in range(1, 3 * CG_STEPS + 1):
-            solution, residual = conjugate_gradient(fisher.damped_matvec, gradient, n_steps, residual_tol=0, preconditioner=kfac)
+            solution, residual = conjugate_gradient(
+                fisher.damped_matvec, gradient, n_steps, residual_tol=0, preconditioner=kfac
+            )
             if residual.norm().item() <= target:
                 steps = n_steps
                 break
@@ -275,10 +281,10 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     for result in results:
         for name, timed in result["timings"].items():
             label = f"{name} ({result['pcg_steps']} steps)" if name == "npg-pcg" else name
-            step = f"{timed['step_ms']:.0f} ms ({timed['step_ratio_to_cg']:.2f}×)" if "step_ms" in timed else "–"
-            train = f"{timed['train_ms']:.0f} ms ({timed['train_ratio_to_trpo']:.3f}×)"
+            step = f"{timed['step_ms']:.0f} ms ({timed['step_ratio_to_cg']:.2f}x)" if "step_ms" in timed else "-"
+            train = f"{timed['train_ms']:.0f} ms ({timed['train_ratio_to_trpo']:.3f}x)"
             rows.append([result["config"], label, step, train])
-    lines += markdown_table(["config", "model", "natural-gradient step (× plain CG NPG)", "train() (× TRPO)"], rows)
+    lines += markdown_table(["config", "model", "natural-gradient step (x plain CG NPG)", "train() (x TRPO)"], rows)
     return "\n".join(lines) + "\n"
 
 

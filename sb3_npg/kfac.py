@@ -38,6 +38,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
 from sb3_npg.conjugate_gradient import conjugate_gradient
+from sb3_npg.critic import index_observations
 from sb3_npg.distributions import categorical_parts, distribution_outputs, output_fisher
 from sb3_npg.fisher import FisherOperator
 from sb3_npg.kl import action_distribution
@@ -49,6 +50,10 @@ PRECONDITIONERS = (None, "kfac")
 KFAC_LAYER_TYPES = (nn.Linear, nn.Conv2d)
 #: ``log_direction_cosine``: the budget of the reference solve the step's direction is compared with
 REFERENCE_CG_STEPS = 50
+#: The factors of an update are computed from at most this many states of the Fisher's batch (evenly spaced): on
+#: HalfCheetah-v5 (64x64 and 256x256 MLPs, 2048 states) 512 of them cost 0.005-0.015 of the K-FAC direction's cosine
+#: to the natural gradient and a quarter of the factors' time, which otherwise costs 1.5-2.5 Fisher products
+KFAC_MAX_SAMPLES = 512
 #: Samples per chunk when unfolding a convolution's input patches (bounds the memory of ``A``'s computation)
 CONV_CHUNK_SAMPLES = 64
 
@@ -340,7 +345,8 @@ def make_preconditioner(
     batch_policy: Any = None,
 ) -> KFACPreconditioner | None:
     """
-    The preconditioner of this update's solve (``None``: plain conjugate gradient).
+    The preconditioner of this update's solve (``None``: plain conjugate gradient), its factors from at most
+    :data:`KFAC_MAX_SAMPLES` evenly spaced states of the batch.
 
     :param preconditioner: one of :data:`PRECONDITIONERS`
     :param policy: the actor-critic policy, at ``theta_old``
@@ -352,6 +358,11 @@ def make_preconditioner(
     """
     if preconditioner is None:
         return None
+    n_samples = len(next(iter(observations.values())) if isinstance(observations, dict) else observations)
+    every = slice(None, None, -(-n_samples // KFAC_MAX_SAMPLES))  # ceil: at most KFAC_MAX_SAMPLES states
+    if batch_policy is None or batch_policy is policy:  # a batch of independent states: take every k-th
+        observations = index_observations(observations, every)
+        action_masks = None if action_masks is None else action_masks[every]
     return KFACPreconditioner(policy, parameters, observations, damping, action_masks, batch_policy)
 
 
