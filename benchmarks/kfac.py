@@ -45,7 +45,7 @@ from sb3_npg import NPG
 from sb3_npg.conjugate_gradient import conjugate_gradient
 from sb3_npg.critic import index_observations
 from sb3_npg.fisher import make_fisher
-from sb3_npg.kfac import KFACPreconditioner
+from sb3_npg.kfac import make_preconditioner
 from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 
 #: name -> (env id, policy, n_envs, algorithm settings shared by every model)
@@ -146,7 +146,8 @@ def measure_products(trainer: NPG, n_updates: int) -> list[dict[str, float]]:
             jacobian=jacobian if trainer.sub_sampling_factor == 1 else None,
         )
         start = time.perf_counter()
-        kfac = KFACPreconditioner(trainer.policy, trainer.actor_parameters, observations, trainer.cg_damping)
+        kfac = make_preconditioner("kfac", trainer.policy, trainer.actor_parameters, observations, trainer.cg_damping)
+        assert kfac is not None
         build_seconds = time.perf_counter() - start
         reference, _ = conjugate_gradient(fisher.damped_matvec, gradient, REFERENCE_STEPS, residual_tol=0, preconditioner=kfac)
         plain, plain_residual = conjugate_gradient(fisher.damped_matvec, gradient, CG_STEPS, residual_tol=0)
