@@ -5,7 +5,8 @@ TRPO, side by side in one run, on the same rollout buffer.
 
 Per configuration (HalfCheetah-v5 with a 64x64 and a 256x256 MLP, 2048 samples; a CnnPolicy on
 BreakoutNoFrameskip-v4 through SB3's AtariWrapper with 4 stacked 84x84 frames, the shipped ``atari`` entry's
-settings):
+settings; without OpenCV its frames are warped to 84x84 by area interpolation in torch instead of OpenCV's, which
+only the observations' pixels, not the cost of anything timed, depend on):
 
 1. **Fisher products to reach the residual of 10 plain CG steps**: a plain NPG trains a few updates; after each, on
    its rollout, the residual ``||g - (F + l I) x||`` of 10 plain CG steps, and the number of preconditioned CG steps
@@ -26,6 +27,7 @@ Usage::
 
 import argparse
 import copy
+import importlib.util
 import statistics
 import time
 import warnings
@@ -37,8 +39,17 @@ import torch as th
 from common import machine, machine_line, markdown_table, write_record
 from gymnasium import spaces
 from sb3_contrib import TRPO
+from stable_baselines3.common.atari_wrappers import (
+    AtariWrapper,
+    ClipRewardEnv,
+    EpisodicLifeEnv,
+    FireResetEnv,
+    MaxAndSkipEnv,
+    NoopResetEnv,
+    WarpFrame,
+)
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
 from sb3_npg import NPG
@@ -82,13 +93,37 @@ CG_STEPS = 10
 REFERENCE_STEPS = 100
 
 
+class AreaWarpFrame(WarpFrame):
+    """SB3's ``WarpFrame`` (grey 84x84 frames) by area interpolation in torch, where OpenCV is not installed."""
+
+    def observation(self, frame: np.ndarray) -> np.ndarray:
+        grey = th.as_tensor(frame, dtype=th.float32) @ th.tensor([0.299, 0.587, 0.114])
+        warped = th.nn.functional.interpolate(grey[None, None], size=(self.height, self.width), mode="area")
+        return warped[0].permute(1, 2, 0).round().clamp(0, 255).to(th.uint8).numpy()
+
+
+def atari_wrapper(env: gym.Env) -> gym.Env:
+    """SB3's ``AtariWrapper`` with its defaults (no-op starts, frame skip 4, life loss as episode end, FIRE at reset,
+    84x84 grey frames, clipped rewards), its frames warped by :class:`AreaWarpFrame` when OpenCV is missing."""
+    if cv2_available():
+        return AtariWrapper(env)
+    env = EpisodicLifeEnv(MaxAndSkipEnv(NoopResetEnv(env, noop_max=30), skip=4))
+    if "FIRE" in env.unwrapped.get_action_meanings():  # type: ignore[attr-defined]
+        env = FireResetEnv(env)
+    return ClipRewardEnv(AreaWarpFrame(env))
+
+
+def cv2_available() -> bool:
+    return importlib.util.find_spec("cv2") is not None
+
+
 def make_env(env_id: str, n_envs: int, seed: int) -> VecEnv:
     """The config's vectorised env (Atari: SB3's AtariWrapper and 4 stacked frames, as the ``atari`` entry)."""
     if "NoFrameskip" in env_id:
         import ale_py  # registers the Atari envs with gymnasium
 
         gym.register_envs(ale_py)
-        return VecFrameStack(make_atari_env(env_id, n_envs=n_envs, seed=seed), 4)
+        return VecFrameStack(make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=atari_wrapper), 4)
     return make_vec_env(env_id, n_envs=n_envs, seed=seed)
 
 
