@@ -54,6 +54,10 @@ REFERENCE_CG_STEPS = 50
 #: HalfCheetah-v5 (64x64 and 256x256 MLPs, 2048 states) 512 of them cost 0.005-0.015 of the K-FAC direction's cosine
 #: to the natural gradient and a quarter of the factors' time, which otherwise costs 1.5-2.5 Fisher products
 KFAC_MAX_SAMPLES = 512
+#: A convolution's factors take at most this many rows (states x output positions; evenly spaced states): with
+#: hundreds of positions per state (NatureCNN's first layer: 400), a few dozen states already give 2^14 rows for a
+#: 257 x 257 factor, and the unfolded patches' products cost more than a Fisher product
+KFAC_MAX_ROWS = 2**14
 #: Samples per chunk when unfolding a convolution's input patches (bounds the memory of ``A``'s computation)
 CONV_CHUNK_SAMPLES = 64
 
@@ -184,11 +188,23 @@ def _damped_inverse(factor: th.Tensor, damping: float) -> th.Tensor:
     """``(factor + damping I)^-1`` by Cholesky (a larger jitter, then float64, if the damped factor is not SPD)."""
     eye = th.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
     jitter = max(damping, 1e-8 * max(factor.diagonal().mean().item(), 1e-30))
-    for matrix in (factor + jitter * eye, factor.double() + 10 * jitter * eye.double()):
-        cholesky, info = th.linalg.cholesky_ex(matrix)
-        if info.item() == 0:
-            return th.cholesky_inverse(cholesky).to(factor.dtype)
+    cholesky, info = th.linalg.cholesky_ex(factor + jitter * eye)
+    if info.item() == 0:
+        return th.cholesky_inverse(cholesky)
+    cholesky, info = th.linalg.cholesky_ex(factor.double() + 10 * jitter * eye.double())
+    if info.item() == 0:
+        return th.cholesky_inverse(cholesky).to(factor.dtype)
     raise ValueError("K-FAC factor is not positive definite even with damping")  # pragma: no cover - defensive
+
+
+def _states_stride(module: nn.Module, outputs: th.Tensor) -> int:
+    """
+    Every how many states one call of a layer is taken in its factors: a convolution's at most :data:`KFAC_MAX_ROWS`
+    rows (states x positions); a linear layer's every state (the batch is capped by :func:`make_preconditioner`).
+    """
+    if not isinstance(module, nn.Conv2d):
+        return 1
+    return -(-(outputs.numel() // outputs.shape[1]) // KFAC_MAX_ROWS)  # ceil of (states x positions) / KFAC_MAX_ROWS
 
 
 def _patches(module: nn.Conv2d, inputs: th.Tensor) -> th.Tensor:
@@ -241,7 +257,6 @@ class KFACPreconditioner:
             for handle in handles:
                 handle.remove()
         dist_outputs = distribution_outputs(distribution)
-        n_samples = dist_outputs[0].shape[0]
         columns = fisher_columns(distribution) if expectation == "exact" else sampled_columns(distribution)
         layer_outputs = [output for layer in self.layers for output in outputs[id(layer.module)]]
         used = [(output, column) for output, column in zip(dist_outputs, columns, strict=True) if output.requires_grad]
@@ -260,14 +275,18 @@ class KFACPreconditioner:
         self.factors: list[tuple[th.Tensor, th.Tensor]] = []
         self._inverses: list[tuple[th.Tensor, th.Tensor]] = []
         for layer in self.layers:
-            a_factor = th.stack([self._input_factor(layer, x) for x in inputs[id(layer.module)]]).sum(dim=0) / n_samples
-            g_factor = th.stack([self._output_factor(layer, next(by_output)) for _ in outputs[id(layer.module)]]).sum(dim=0)
+            calls = [
+                (x, next(by_output), _states_stride(layer.module, output))
+                for x, output in zip(inputs[id(layer.module)], outputs[id(layer.module)], strict=True)
+            ]
+            a_factor = th.stack([self._input_factor(layer, x[::stride]) for x, _, stride in calls]).sum(dim=0)
+            g_factor = th.stack([self._output_factor(layer, g, stride) for _, g, stride in calls]).sum(dim=0)
             self.factors.append((a_factor, g_factor))
             self._inverses.append(self._damped_inverses(a_factor, g_factor))
 
     @staticmethod
     def _input_factor(layer: KFACLayer, inputs: th.Tensor) -> th.Tensor:
-        """``sum_n sum_t a a^T`` of one call of the layer, a 1 appended to ``a`` when it has a bias."""
+        """``(1/N) sum_n sum_t a a^T`` of one call of the layer, a 1 appended to ``a`` when it has a bias."""
         module = layer.module
         total = None
         if isinstance(module, nn.Conv2d):
@@ -283,14 +302,18 @@ class KFACPreconditioner:
             product = rows.T @ rows
             total = product if total is None else total + product
         assert total is not None
-        return total
+        return total / len(inputs)
 
     @staticmethod
-    def _output_factor(layer: KFACLayer, gradients: th.Tensor | None) -> th.Tensor:
-        """``(1/(N T)) sum sum_c delta delta^T`` from the columns' gradients ``(columns, batch, out, ...)``."""
+    def _output_factor(layer: KFACLayer, gradients: th.Tensor | None, stride: int) -> th.Tensor:
+        """
+        ``(1/(N T)) sum sum_c delta delta^T`` from the columns' gradients ``(columns, batch, out, ...)``, over every
+        ``stride``-th sample.
+        """
         out_features = layer.module.weight.shape[0]
         if gradients is None:  # the layer does not influence the distribution on this batch
             return layer.module.weight.new_zeros(out_features, out_features)
+        gradients = gradients[:, ::stride]
         n_columns = gradients.shape[0]
         if isinstance(layer.module, nn.Conv2d):  # (columns, batch, out, height, width): channels last
             gradients = gradients.movedim(2, -1)

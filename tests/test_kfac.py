@@ -15,7 +15,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from sb3_npg import NPG, MaskableNPG, RecurrentNPG
+from sb3_npg import NPG, MaskableNPG, RecurrentNPG, kfac
 from sb3_npg.conjugate_gradient import conjugate_gradient
 from sb3_npg.fisher import FISHER_BACKENDS, make_fisher
 from sb3_npg.kfac import KFACPreconditioner
@@ -325,3 +325,20 @@ def test_uncovered_layers_raise_at_construction() -> None:
         NPG("MlpPolicy", toy_env(ACTION_SPACES["discrete"]), policy_kwargs=policy_kwargs, preconditioner="kfac")
     with pytest.raises(ValueError, match=r"Invalid preconditioner='shampoo': must be one of None, 'kfac'"):
         NPG("MlpPolicy", toy_env(ACTION_SPACES["discrete"]), preconditioner="shampoo")
+
+
+def test_convolution_factors_take_at_most_kfac_max_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A convolution's factors come from every k-th state, k the ceiling of states x positions / KFAC_MAX_ROWS."""
+    model, observations, _ = model_and_batch("cnn", "discrete", 24)
+    full = KFACPreconditioner(model.policy, model.actor_parameters, observations, 0.1, expectation="exact")
+    monkeypatch.setattr(kfac, "KFAC_MAX_ROWS", 100)  # first convolution: 24 states x 25 positions -> every 6th state
+    capped = KFACPreconditioner(model.policy, model.actor_parameters, observations, 0.1, expectation="exact")
+    every_sixth = KFACPreconditioner(model.policy, model.actor_parameters, observations[::6], 0.1, expectation="exact")
+    first_convolution = 0
+    assert isinstance(capped.layers[first_convolution].module, nn.Conv2d)
+    for expected, actual in zip(every_sixth.factors[first_convolution], capped.factors[first_convolution], strict=True):
+        assert_close_in_norm(actual, expected, rtol=1e-5)
+    for layer, (a_full, g_full), (a_capped, g_capped) in zip(full.layers, full.factors, capped.factors, strict=True):
+        if isinstance(layer.module, nn.Linear):  # linear layers keep every state
+            assert_close_in_norm(a_capped, a_full, rtol=1e-6)
+            assert_close_in_norm(g_capped, g_full, rtol=1e-6)

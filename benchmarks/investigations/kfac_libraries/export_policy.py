@@ -1,8 +1,8 @@
 """
-K-FAC libraries, part 1 (the project's environment): train a HalfCheetah-v5 NPG policy for 5 updates, export its actor,
-a rollout batch, the policy gradient ``g`` and the converged natural gradient ``(F + l I)^-1 g`` to
-``/tmp/kfac_libraries/export_<width>.pt``; with ``--time-only``, time sb3_npg's K-FAC direction on an exported file
-(both expectations of ``G``) and print its median time and cosine to the natural gradient as one JSON line.
+K-FAC libraries, part 1 (the project's environment): train a HalfCheetah-v5 NPG policy for 5 updates, export its
+actor, a rollout batch, the policy gradient ``g`` and the converged natural gradient ``(F + l I)^-1 g`` to
+``kfac_libraries/export_<width>.pt`` in the temporary folder; with ``--time-only``, time sb3_npg's K-FAC direction on
+an exported file (both expectations of ``G``) and print its median time and cosine to the natural gradient.
 
 Part 2, ``libraries.py``, runs in a separate environment with curvlinops-for-pytorch and nngeometry installed.
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import pathlib
 import statistics
+import tempfile
 import time
 import warnings
 
@@ -27,7 +28,7 @@ from sb3_npg.fisher import make_fisher
 from sb3_npg.kfac import KFACPreconditioner
 from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 
-FOLDER = pathlib.Path("/tmp/kfac_libraries")
+FOLDER = pathlib.Path(tempfile.gettempdir()) / "kfac_libraries"
 DAMPING = 0.1
 
 

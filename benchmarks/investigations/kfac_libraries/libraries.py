@@ -19,12 +19,13 @@ import argparse
 import json
 import pathlib
 import statistics
+import tempfile
 import time
 
 import torch as th
 from torch import nn
 
-FOLDER = pathlib.Path("/tmp/kfac_libraries")
+FOLDER = pathlib.Path(tempfile.gettempdir()) / "kfac_libraries"
 MEAN_LAYERS = ("mlp_extractor.policy_net.0", "mlp_extractor.policy_net.2", "action_net")
 
 
