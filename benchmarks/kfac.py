@@ -335,6 +335,7 @@ def main() -> None:
     results = [run_config(config, args.updates, args.repeats) for config in args.configs]
     command = "python benchmarks/kfac.py " + " ".join(
         [f"--configs {' '.join(args.configs)}", f"--updates {args.updates}", f"--repeats {args.repeats}"]
+        + ([f"--output {args.output}"] if args.output != "kfac" else [])
     )
     record = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "results": results}
     write_record(args.output, record, markdown(results, command))
