@@ -30,7 +30,7 @@ and a state with one valid action (a point mass) has KL 0 and adds nothing to F.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -84,13 +84,16 @@ class FisherOperator(ABC):
         """:return: ``(F + damping * I) v``"""
         return self.matvec(vector) + self.damping * vector
 
-    def solve(self, gradient: th.Tensor, max_iter: int) -> CGSolution:
+    def solve(
+        self, gradient: th.Tensor, max_iter: int, preconditioner: Callable[[th.Tensor], th.Tensor] | None = None
+    ) -> CGSolution:
         """
         :param gradient: the policy gradient ``g``
         :param max_iter: the conjugate-gradient budget (ignored by exact solvers)
+        :param preconditioner: ``v -> P^-1 v`` for conjugate gradient (e.g. K-FAC, :mod:`sb3_npg.kfac`), or ``None``
         :return: ``x ~ (F + damping * I)^-1 g`` and its residual
         """
-        return conjugate_gradient(self.damped_matvec, gradient, max_iter)
+        return conjugate_gradient(self.damped_matvec, gradient, max_iter, preconditioner=preconditioner)
 
 
 class HessianFisher(FisherOperator):
@@ -178,10 +181,12 @@ class EmpiricalFisher(JacobianFisher):
     def matvec(self, vector: th.Tensor) -> th.Tensor:
         return self.transposed_score_products(self.score_products(vector)) / self.jacobian.n_samples
 
-    def solve(self, gradient: th.Tensor, max_iter: int) -> CGSolution:
+    def solve(
+        self, gradient: th.Tensor, max_iter: int, preconditioner: Callable[[th.Tensor], th.Tensor] | None = None
+    ) -> CGSolution:
         n_samples = self.jacobian.n_samples
         if n_samples >= gradient.numel() or self.damping <= 0:
-            return super().solve(gradient, max_iter)
+            return super().solve(gradient, max_iter, preconditioner)
         gram = self.jacobian.gram(self._scores)
         gram.diagonal().add_(n_samples * self.damping)
         correction = self.transposed_score_products(th.linalg.solve(gram, self.score_products(gradient)))

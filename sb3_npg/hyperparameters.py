@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sb3_npg.constants import DEFAULT_NUM_THREADS, FISHER_BACKENDS, STEP_LENGTHS
+from sb3_npg.constants import DEFAULT_NUM_THREADS, FISHER_BACKENDS, PRECONDITIONERS, STEP_LENGTHS
 
 
 def is_number(value: Any) -> bool:
@@ -49,7 +49,7 @@ def valid_target_kl(target_kl: Any) -> bool:
     return is_number(start) and is_number(end) and start > 0 and end >= 0 and math.isfinite(start) and math.isfinite(end)
 
 
-def _one_of(choices: tuple[str, ...]) -> str:
+def _one_of(choices: tuple[str | None, ...]) -> str:
     return f"one of {', '.join(map(repr, choices))}"
 
 
@@ -126,6 +126,11 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "gae_lambda": _probability("GAE's λ"),
     "fisher": Hyperparameter("the Fisher-vector product backend", lambda v: v in FISHER_BACKENDS, _one_of(FISHER_BACKENDS)),
     "step_length": Hyperparameter("how the step along x is scaled", lambda v: v in STEP_LENGTHS, _one_of(STEP_LENGTHS)),
+    "preconditioner": Hyperparameter(
+        "the conjugate-gradient preconditioner (with cg_max_steps 1, K-FAC's solve is the direction)",
+        lambda v: v in PRECONDITIONERS,
+        _one_of(PRECONDITIONERS),
+    ),
     "num_threads": Hyperparameter(
         "torch's intra-op threads in learn()",
         valid_num_threads,
@@ -136,6 +141,7 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         "Adam learning rate of the critic (a number, or a schedule in Python)", lambda v: v > 0, "> 0", kind="a number"
     ),
     "normalize_advantage": _flag("standardise the advantages"),
+    "log_direction_cosine": _flag("log the cosine of the direction to a converged solve (costs a solve)"),
     "damped_step_size": _flag("scale the step with xᵀ(F+λI)x (TRPO's) instead of xᵀFx"),
     "use_sde": _flag("generalized state-dependent exploration"),
     "sde_sample_freq": Hyperparameter(
@@ -160,6 +166,7 @@ CHECKED_BY_NPG = (
     "gae_lambda",
     "fisher",
     "step_length",
+    "preconditioner",
     "num_threads",
 )
 """The arguments NPG's constructor checks, in the order it checks them (the others are checked by RL Zoo's

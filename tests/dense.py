@@ -73,7 +73,18 @@ def dense_kl_hessian(model: NPG, observations, action_masks=None) -> th.Tensor:
         parameters = {name: chunk.view(shape) for name, chunk, shape in zip(names, chunks, shapes, strict=True)}
         return functional_call(kl_module, parameters, ())
 
-    return th.autograd.functional.hessian(kl_of, flat_actor(model))
+    # functional_call leaves new parameter objects in modules registered under several names (a features extractor
+    # shared by actor and critic): put the policy's own back, so model.actor_parameters stay the ones it uses
+    owned = [
+        (module, name, parameter)
+        for module in model.policy.modules()
+        for name, parameter in module.named_parameters(recurse=False)
+    ]
+    try:
+        return th.autograd.functional.hessian(kl_of, flat_actor(model))
+    finally:
+        for module, name, parameter in owned:
+            setattr(module, name, parameter)
 
 
 def select(observations, index):

@@ -31,6 +31,7 @@ OUT_OF_RANGE: dict[str, Any] = {
     "gae_lambda": -0.1,
     "fisher": "natural",
     "step_length": "line_search",
+    "preconditioner": "shampoo",
     "num_threads": 0,
 }
 

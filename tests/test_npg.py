@@ -162,7 +162,7 @@ class NaNSolve:
     def __getattr__(self, name: str):
         return getattr(self.fisher, name)
 
-    def solve(self, gradient: th.Tensor, max_iter: int) -> CGSolution:
+    def solve(self, gradient: th.Tensor, max_iter: int, preconditioner=None) -> CGSolution:
         return CGSolution(th.full_like(gradient, math.nan), th.zeros_like(gradient))
 
 

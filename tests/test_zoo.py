@@ -108,6 +108,7 @@ def test_sampler_covers_the_search_space_and_converter_inverts_it() -> None:
             "gae_lambda",
             "learning_rate",
             "n_critic_updates",
+            "preconditioner",
             "policy_kwargs",
         }
         assert set(hyperparams) == searched  # "normalize" is applied to the envs, not passed to NPG
@@ -433,7 +434,7 @@ def test_sampled_normalize_is_applied_to_the_trial_envs(tmp_path: Path, monkeypa
     point = {
         "n_steps_pow": 5, "batch_size_pow": 5, "one_minus_gamma": 0.02, "one_minus_gae_lambda": 0.05,
         "learning_rate": 1e-3, "n_critic_updates": 5, "cg_max_steps": 5, "cg_damping": 0.1, "target_kl": 0.01,
-        "net_arch": "tiny", "activation_fn": "tanh",
+        "net_arch": "tiny", "activation_fn": "tanh", "preconditioner": "none",
     }  # fmt: skip
     for normalize in (True, False):
         made.clear()
@@ -582,6 +583,7 @@ def test_lstm_sampler_covers_the_lstm_options_and_every_point_builds() -> None:
         trial = study.ask()
         hyperparams = sample_npg_lstm_params(trial, n_actions=1, n_envs=2, additional_args={})
         assert {"lstm_hidden_size", "n_lstm_layers", "critic_lstm"} <= set(trial.params)
+        assert "preconditioner" not in trial.params  # K-FAC does not cover the LSTM
         assert LSTM_POLICY_OPTIONS | {"net_arch", "activation_fn"} == set(hyperparams["policy_kwargs"])
         for option in LSTM_POLICY_OPTIONS:
             seen[option].add(hyperparams["policy_kwargs"][option])

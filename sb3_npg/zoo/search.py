@@ -21,6 +21,10 @@ CRITIC_LSTMS = {
 }
 
 
+#: ``preconditioner`` as stored in a study (Optuna's categorical choices) -> NPG's argument
+PRECONDITIONER_CHOICES: dict[str, str | None] = {"none": None, "kfac": "kfac"}
+
+
 def suggest_one_minus_gamma(trial: Any) -> float:
     """The sampled ``1 - gamma`` (also the ``VecNormalize`` discount of the trial, see :mod:`sb3_npg.zoo.registration`)."""
     return trial.suggest_float("one_minus_gamma", 1e-4, 0.1, log=True)
@@ -38,7 +42,8 @@ def sample_npg_params(trial: Any, n_actions: int, n_envs: int, additional_args: 
     Searched: ``target_kl`` (the KL summed over action dimensions, so the range reaches 0.3 for
     many-dimensional Box actions), ``cg_damping``, ``cg_max_steps``, ``n_steps``, ``batch_size``
     (the critic's minibatch, capped at ``n_steps``), ``gamma``, ``gae_lambda``, ``learning_rate``
-    (the critic's), ``n_critic_updates``, ``net_arch``, ``activation_fn`` and ``normalize``
+    (the critic's), ``n_critic_updates``, ``preconditioner`` (``None`` or ``"kfac"``; K-FAC's direct step,
+    ``cg_max_steps=1``, is not in the range), ``net_arch``, ``activation_fn`` and ``normalize``
     (``VecNormalize``; applied to the trial's envs by the wrapped ``ExperimentManager.objective``,
     not returned here).
 
@@ -48,6 +53,11 @@ def sample_npg_params(trial: Any, n_actions: int, n_envs: int, additional_args: 
     :param additional_args: RL Zoo's extra arguments (unused)
     :return: keyword arguments for ``NPG``
     """
+    return _sample_npg_params(trial, with_preconditioner=True)
+
+
+def _sample_npg_params(trial: Any, with_preconditioner: bool) -> dict[str, Any]:
+    """:func:`sample_npg_params`' search space, with ``preconditioner`` or without it (K-FAC does not cover LSTMs)."""
     params = {
         "n_steps_pow": trial.suggest_int("n_steps_pow", 5, 12),
         "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 10),
@@ -62,6 +72,8 @@ def sample_npg_params(trial: Any, n_actions: int, n_envs: int, additional_args: 
         "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATIONS)),
         "normalize": suggest_normalize(trial),
     }
+    if with_preconditioner:
+        params["preconditioner"] = trial.suggest_categorical("preconditioner", list(PRECONDITIONER_CHOICES))
     hyperparams = convert_npg_params(params)
     # Display the real values in the study
     for key in ("gamma", "gae_lambda", "n_steps", "batch_size"):
@@ -86,7 +98,7 @@ def sample_npg_lstm_params(trial: Any, n_actions: int, n_envs: int, additional_a
     :param additional_args: RL Zoo's extra arguments (unused)
     :return: keyword arguments for ``RecurrentNPG``
     """
-    hyperparams = sample_npg_params(trial, n_actions, n_envs, additional_args)
+    hyperparams = _sample_npg_params(trial, with_preconditioner=False)
     lstm_params = {
         "lstm_hidden_size": trial.suggest_categorical("lstm_hidden_size", list(LSTM_HIDDEN_SIZES)),
         "n_lstm_layers": trial.suggest_int("n_lstm_layers", 1, 2),
@@ -128,6 +140,8 @@ def convert_npg_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     for name in ("lstm_hidden_size", "n_lstm_layers"):
         if name in params:
             policy_kwargs[name] = params.pop(name)
+    if "preconditioner" in params:
+        hyperparams["preconditioner"] = PRECONDITIONER_CHOICES[params.pop("preconditioner")]
     if "critic_lstm" in params:
         policy_kwargs.update(CRITIC_LSTMS[params.pop("critic_lstm")])
     if policy_kwargs:
