@@ -38,7 +38,6 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
 from sb3_npg.conjugate_gradient import conjugate_gradient
-from sb3_npg.constants import PRECONDITIONERS
 from sb3_npg.critic import index_observations
 from sb3_npg.distributions import categorical_parts, distribution_outputs, output_fisher
 from sb3_npg.fisher import FisherOperator
@@ -349,7 +348,7 @@ def check_preconditioner(preconditioner: str | None, policy: ActorCriticPolicy, 
     """
     At construction: raise ``ValueError`` if ``preconditioner="kfac"`` does not cover every actor parameter.
 
-    :param preconditioner: one of :data:`PRECONDITIONERS`
+    :param preconditioner: one of :data:`sb3_npg.constants.PRECONDITIONERS`
     :param policy: the actor-critic policy
     :param parameters: its actor parameters
     """
@@ -370,7 +369,7 @@ def make_preconditioner(
     The preconditioner of this update's solve (``None``: plain conjugate gradient), its factors from at most
     :data:`KFAC_MAX_SAMPLES` evenly spaced states of the batch.
 
-    :param preconditioner: one of :data:`PRECONDITIONERS`
+    :param preconditioner: one of :data:`sb3_npg.constants.PRECONDITIONERS`
     :param policy: the actor-critic policy, at ``theta_old``
     :param parameters: the actor parameters
     :param observations: the batch the Fisher is averaged over
