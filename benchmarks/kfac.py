@@ -12,7 +12,7 @@ only the observations' pixels, not the cost of anything timed, depend on):
    its rollout, the residual ``||g - (F + l I) x||`` of 10 plain CG steps, and the number of preconditioned CG steps
    (one Fisher product each) that reach it; with the cosine of each direction (10 plain CG steps, K-FAC alone, the
    preconditioned solve) to the converged solve (100 preconditioned steps).
-2. **Natural-gradient step time** (``_policy_step``: gradient, solve, scale, apply, measured KL) of plain CG NPG
+2. **Natural-gradient step time** (``train()`` without the critic: gradient, solve, scale, apply, measured KL) of plain CG NPG
    (10 steps), PCG NPG (the median number of steps of part 1) and direct K-FAC NPG, and **whole ``train()``** time of
    the three and TRPO (10 CG steps), all from the trained plain NPG's weights on one rollout buffer, interleaved
    round-robin; ratios are paired (each call against the reference's call of the same round).
@@ -57,6 +57,7 @@ from sb3_npg.conjugate_gradient import conjugate_gradient
 from sb3_npg.critic import index_observations
 from sb3_npg.fisher import make_fisher
 from sb3_npg.kfac import make_preconditioner
+from sb3_npg.npg import UpdateBatch
 from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 
 #: name -> (env id, policy, n_envs, algorithm settings shared by every model)
@@ -230,8 +231,9 @@ def paired(values: list[float], reference: list[float]) -> float:
 
 def time_steps(models: dict[str, BaseAlgorithm], repeats: int) -> dict[str, dict[str, float]]:
     """
-    Interleaved round-robin timings: each NPG's ``_policy_step`` from the same weights (restored after each call, not
-    timed), then every model's ``train()``. Medians and paired ratios (to plain CG NPG's step, to TRPO's train()).
+    Interleaved round-robin timings: each NPG's actor step (``train()`` on the batch, the critic left out) from the
+    same weights (restored after each call, not timed), then every model's ``train()``. Medians and paired ratios (to
+    plain CG NPG's step, to TRPO's train()).
     """
     data = next(models["npg-cg"].rollout_buffer.get(batch_size=None))  # type: ignore[attr-defined]
     step_times: dict[str, list[float]] = {name: [] for name in models if name != "trpo"}
@@ -243,10 +245,13 @@ def time_steps(models: dict[str, BaseAlgorithm], repeats: int) -> dict[str, dict
             npg: NPG = model  # type: ignore[assignment]
             actions = data.actions.long().flatten() if isinstance(npg.action_space, spaces.Discrete) else data.actions
             saved = [parameter.detach().clone() for parameter in npg.actor_parameters]
-            npg.policy.set_training_mode(True)
+            batch = UpdateBatch(data.observations, actions, data.advantages, data.returns, npg.policy)
+            npg._rollout_batch = lambda batch=batch: batch  # type: ignore[method-assign]
+            npg._fit_critic = lambda *_: 0.0  # type: ignore[method-assign]
             start = time.perf_counter()
-            npg._policy_step(data.observations, actions, data.advantages)
+            npg.train()
             elapsed = time.perf_counter() - start
+            del npg._rollout_batch, npg._fit_critic  # the class's own again
             npg._restore_actor(saved)
             if repeat > 0:
                 step_times[name].append(elapsed)
