@@ -25,6 +25,7 @@ states between steps when it masks).
 import contextlib
 from collections.abc import Callable, Iterator
 from copy import deepcopy
+from functools import partial
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -32,7 +33,6 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer, MaskableRolloutBuffer
 from sb3_contrib.common.maskable.distributions import MaskableDistribution, make_masked_proba_distribution
-from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
@@ -45,6 +45,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule, TensorDict
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from torch import nn
 
 from sb3_npg.recurrent import RecurrentNPG
 from sb3_npg.signatures import bound_arguments, variant_signature
@@ -111,13 +112,27 @@ class MaskableRecurrentActorCriticPolicy(RecurrentActorCriticPolicy):
     _pending_action_masks: th.Tensor | np.ndarray | None = None
 
     def _build(self, lr_schedule: Schedule) -> None:
-        # Called by ActorCriticPolicy.__init__ once its (unmasked) action_dist is made: the masked distribution replaces
-        # it, and MaskableActorCriticPolicy._build makes the networks for it (the MLP extractor on the LSTM's output,
-        # by RecurrentActorCriticPolicy._build_mlp_extractor; SB3's _build refuses a maskable distribution)
+        # Called by ActorCriticPolicy.__init__ once its (unmasked) action_dist is made. SB3's _build refuses a maskable
+        # distribution, so the networks are made here from public pieces, in the order of sb3-contrib's
+        # MaskableActorCriticPolicy._build (the same initial weights for a seed): the MLP extractor on the LSTM's output
+        # (RecurrentActorCriticPolicy._build_mlp_extractor), the masked distribution's logits layer, the value layer,
+        # orthogonal initialisation, the optimizer
         if self.use_sde:
             raise ValueError("use_sde=True is not supported with action masks (the actions are discrete)")
         self.action_dist = make_masked_proba_distribution(self.action_space)  # type: ignore[assignment]
-        MaskableActorCriticPolicy._build(self, lr_schedule)  # type: ignore[arg-type]
+        self._build_mlp_extractor()
+        self.action_net = self.action_dist.proba_distribution_net(latent_dim=self.mlp_extractor.latent_dim_pi)
+        self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
+        if self.ortho_init:
+            # sb3-contrib's order (the order of the random draws): a shared extractor first, separate ones last
+            heads: dict[nn.Module, float] = {self.mlp_extractor: np.sqrt(2), self.action_net: 0.01, self.value_net: 1}
+            if self.share_features_extractor:
+                module_gains = {self.features_extractor: np.sqrt(2), **heads}
+            else:
+                module_gains = {**heads, self.pi_features_extractor: np.sqrt(2), self.vf_features_extractor: np.sqrt(2)}
+            for module, gain in module_gains.items():
+                module.apply(partial(self.init_weights, gain=gain))
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
     @contextlib.contextmanager
     def _masked(self, action_masks: th.Tensor | np.ndarray | None) -> Iterator[None]:

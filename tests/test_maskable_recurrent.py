@@ -17,11 +17,14 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.distributions import make_masked_proba_distribution
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy as UnmaskedMlpLstmPolicy
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 from torch import nn
 from torch.distributions import Categorical, kl_divergence
@@ -32,6 +35,7 @@ from sb3_npg.constants import FISHER_BACKENDS
 from sb3_npg.fisher import make_fisher
 from sb3_npg.kl import action_distribution, mean_summed_kl
 from sb3_npg.maskable_recurrent import (
+    MaskableRecurrentActorCriticPolicy,
     MaskableRecurrentDictRolloutBuffer,
     MaskableRecurrentRolloutBuffer,
     evaluate_policy,
@@ -394,6 +398,48 @@ def test_bad_construction_arguments() -> None:
     box_env = make_vec_env(ToyEnv, n_envs=1, env_kwargs={"action_space": spaces.Box(-1, 1, (2,), np.float32)})
     with pytest.raises(AssertionError, match="only supports"):
         MaskableRecurrentNPG("MlpLstmPolicy", box_env)
+
+
+@pytest.mark.parametrize("action_space", sorted(ACTION_SPACES))
+@pytest.mark.parametrize("share_features_extractor", [True, False])
+def test_networks_and_initial_weights_are_those_of_sb3_contribs_maskable_build(
+    action_space: str, share_features_extractor: bool
+) -> None:
+    """
+    The policy builds its networks itself (SB3's ``_build`` refuses a masked distribution); for a seed they are the
+    ones sb3-contrib's ``MaskableActorCriticPolicy._build`` makes on the same recurrent policy: same layers, same weights.
+    """
+
+    class ContribBuilt(MaskableRecurrentActorCriticPolicy):
+        def _build(self, lr_schedule) -> None:
+            self.action_dist = make_masked_proba_distribution(self.action_space)
+            MaskableActorCriticPolicy._build(self, lr_schedule)
+
+    class LinearExtractor(BaseFeaturesExtractor):  # weights of its own, so that the order of initialisation shows
+        def __init__(self, observation_space: spaces.Box) -> None:
+            super().__init__(observation_space, features_dim=4)
+            self.linear = nn.Linear(observation_space.shape[0], 4)
+
+        def forward(self, observations: th.Tensor) -> th.Tensor:
+            return self.linear(observations)
+
+    observation_space = spaces.Box(-1, 1, (5,), np.float32)
+    kwargs = dict(
+        lstm_hidden_size=8,
+        net_arch=dict(pi=[6], vf=[7]),
+        features_extractor_class=LinearExtractor,
+        share_features_extractor=share_features_extractor,
+    )
+    built = {}
+    for policy_class in (MaskableRecurrentActorCriticPolicy, ContribBuilt):
+        th.manual_seed(3)
+        built[policy_class] = policy_class(observation_space, ACTION_SPACES[action_space], lambda _: 1e-3, **kwargs)
+    ours, contribs = built.values()
+    assert type(ours.action_dist) is type(contribs.action_dist)
+    assert ours.state_dict().keys() == contribs.state_dict().keys()
+    for name, tensor in ours.state_dict().items():
+        assert th.equal(tensor, contribs.state_dict()[name]), name
+    assert [group["lr"] for group in ours.optimizer.param_groups] == [1e-3]
 
 
 def test_recurrent_npg_refuses_masks() -> None:
