@@ -167,7 +167,7 @@ def test_heldout_statistics_add_every_baseline_with_runs(
     heldout_stats.main([*argv, "--algos", "npg", "trpo", "--out-dir", str(tmp_path / "two")])
     table = stats_without_header(tmp_path / "default" / "stats.md")
     assert table == stats_without_header(tmp_path / "two" / "stats.md")
-    assert table.startswith("# MuJoCo final returns: IQM, 95 % intervals, P(NPG > TRPO)\n") and "PPO" not in table
+    assert table.startswith("# Final returns: IQM, 95 % intervals, P(NPG > TRPO)\n") and "PPO" not in table
     # PPO runs on Hopper: a PPO column group, P(NPG > PPO) beside P(NPG > TRPO)
     curve = {"curve_steps": [1000, 2000], "curve_returns": [0.0, 1.0]}
     ppo = [
