@@ -141,10 +141,13 @@ class UpdateLog(BaseCallback):
             return
         logged.setdefault("train/advantage_std", self.advantage_std)
         episodes: list[dict[str, float]] = list(self.model.ep_info_buffer or [])
+        # the update's KL bound: as logged (a schedule's value), else the algorithm's number (TRPO), else none (PPO)
+        target_kl = getattr(self.model, "target_kl", None)
+        fixed_target_kl = float(target_kl) if isinstance(target_kl, (int, float)) else float("nan")
         self.rows.append(
             {
                 "time/total_timesteps": self.num_timesteps,
-                "target_kl": float(getattr(self.model, "target_kl", None) or float("nan")),
+                "target_kl": logged.get("train/target_kl", fixed_target_kl),
                 **dict(sorted(logged.items())),
                 "rollout/ep_rew_mean": float(np.mean([info["r"] for info in episodes])) if episodes else float("nan"),
                 "rollout/ep_len_mean": float(np.mean([info["l"] for info in episodes])) if episodes else float("nan"),

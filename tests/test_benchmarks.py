@@ -47,6 +47,16 @@ def test_update_log_has_one_row_per_update_with_that_updates_values(tmp_path: pa
         assert float(rows[-1][key]) == pytest.approx(model.logger.name_to_value[key], rel=1e-5)
 
 
+def test_update_log_records_each_updates_value_of_a_target_kl_schedule(tmp_path: pathlib.Path) -> None:
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
+    model = NPG("MlpPolicy", env, n_steps=32, batch_size=64, n_critic_updates=1, target_kl=lambda remaining: 0.1 * remaining)
+    log = zoo_run.UpdateLog(tmp_path / common.UPDATE_LOG)
+    model.learn(4 * 64, callback=log)
+    rows = common.read_update_log(tmp_path / common.UPDATE_LOG)
+    # progress remaining when each update is made: 1 - (n - 1) / 4 of 4 rollouts, as SB3 counts it after the rollout
+    assert [float(row["target_kl"]) for row in rows] == pytest.approx([0.075, 0.05, 0.025, 0.0], abs=1e-6)
+
+
 def test_update_log_takes_the_advantage_scale_from_the_buffer_when_the_algorithm_does_not_log_it(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -56,6 +66,7 @@ def test_update_log_takes_the_advantage_scale_from_the_buffer_when_the_algorithm
     rows = common.read_update_log(tmp_path / common.UPDATE_LOG)
     assert len(rows) == 2
     assert "train/kl_divergence_loss" in rows[0]
+    assert [float(row["target_kl"]) for row in rows] == [model.target_kl] * 2
     expected = np.std(model.rollout_buffer.advantages, ddof=1)
     assert float(rows[-1]["train/advantage_std"]) == pytest.approx(expected, rel=1e-5)
 
