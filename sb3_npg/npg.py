@@ -115,8 +115,8 @@ class NPG(NPGBase):
     :param target_kl: The KL divergence ``epsilon`` each update aims at, summed over action dimensions
         and averaged over states. Values like 0.01 for discrete actions, larger (0.05-0.1) for
         multi-dimensional continuous actions. It can be a function of the current progress remaining
-        (from 1 to 0), like ``learning_rate``: > 0 at the start, >= 0 at the end (an update whose value is 0
-        leaves the actor where it is).
+        (from 1 to 0; a last rollout that runs past the total steps counts as 0), like ``learning_rate``: > 0 at
+        the start, >= 0 at the end (an update whose value is 0 leaves the actor where it is).
     :param n_critic_updates: Number of epochs of critic regression per update
     :param normalize_advantage: Whether to normalize the advantages
     :param sub_sampling_factor: Use every ``sub_sampling_factor``-th sample of the rollout for the
@@ -544,8 +544,14 @@ class NPG(NPGBase):
         self.logger.record("train/skipped_updates", self.skipped_updates)
 
     def _current_target_kl(self) -> float:
-        """This update's ``target_kl``: the number, or the schedule's value at the current progress remaining."""
-        return float(self.target_kl(self._current_progress_remaining) if callable(self.target_kl) else self.target_kl)
+        """
+        This update's ``target_kl``: the number, or the schedule's value at the current progress remaining, taken in
+        [0, 1]: SB3's progress remaining falls below 0 when the last rollout runs past ``total_timesteps`` (1e6 steps
+        in rollouts of 4096 end at 1003520), where a linear schedule would give a negative KL and skip the update.
+        """
+        if not callable(self.target_kl):
+            return float(self.target_kl)
+        return float(self.target_kl(min(max(self._current_progress_remaining, 0.0), 1.0)))
 
     def _restore_actor(self, theta_old: list[th.Tensor]) -> None:
         """Set the actor parameters back to ``theta_old`` (their values before the step)."""

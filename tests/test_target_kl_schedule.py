@@ -107,6 +107,20 @@ def test_a_schedule_at_zero_leaves_the_actor_and_trains_the_critic() -> None:
     assert model.skipped_updates == 0
 
 
+def test_a_last_rollout_past_the_total_gets_the_schedules_end_value() -> None:
+    """
+    Asked for 1.5 rollouts, SB3 runs two and the second update's progress remaining is -0.5: the schedule is read at
+    0 (the Zoo's ``lin_0.02`` gives 0 there, not -0.01, which would skip the update with a warning).
+    """
+    model = tiny_model("box6d", n_steps=32, target_kl=linear(0.02))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn(int(1.5 * model.n_steps))
+    assert model._current_progress_remaining == pytest.approx(-1 / 3)
+    assert model.logger.name_to_value["train/target_kl"] == 0.0
+    assert model.skipped_updates == 0
+
+
 def test_a_schedule_that_turns_bad_skips_the_update() -> None:
     """A schedule that gives NaN (or a negative number) mid-run: that update is skipped, warned and counted."""
     schedule = {1.0: 0.02, 0.0: 0.0}
