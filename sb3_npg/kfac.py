@@ -211,6 +211,30 @@ def _patches(module: nn.Conv2d, inputs: th.Tensor) -> th.Tensor:
     return nn.functional.unfold(inputs, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
 
 
+class InputInverse:
+    """
+    ``M -> M (A + damping I)^-1`` for a layer's input factor ``A``: its Cholesky inverse, or, when ``A = R^T R`` has
+    fewer rows ``R`` than columns (a wide layer fed fewer states than its inputs, e.g. NatureCNN's 3137 x 512 linear
+    layer with a few hundred states), by Woodbury's identity
+    ``(A + mu I)^-1 = (I - R^T (mu I + R R^T)^-1 R) / mu``: a states x states inverse instead of inputs x inputs.
+
+    :param a_input: ``A``, or its rows ``R`` if ``low_rank``
+    :param low_rank: whether ``a_input`` is ``R``
+    :param damping: ``mu``
+    """
+
+    def __init__(self, a_input: th.Tensor, low_rank: bool, damping: float) -> None:
+        self.rows = a_input if low_rank else None
+        self.damping = damping
+        self.inverse = _damped_inverse(a_input @ a_input.T if low_rank else a_input, damping)
+
+    def apply(self, matrix: th.Tensor) -> th.Tensor:
+        """:return: ``matrix (A + mu I)^-1``"""
+        if self.rows is None:
+            return matrix @ self.inverse
+        return (matrix - (matrix @ self.rows.T) @ self.inverse @ self.rows) / self.damping
+
+
 class KFACPreconditioner:
     """
     ``v -> K^-1 v`` with ``K`` the damped K-FAC approximation of ``F + damping I`` on a batch, built once per update
@@ -269,31 +293,56 @@ class KFACPreconditioner:
         if not batched:
             gradients = tuple(None if gradient is None else gradient.unsqueeze(0) for gradient in gradients)
         by_output = iter(gradients)
-        #: per layer, the factors ``(A, G)`` and the inverses of their damped forms
-        self.factors: list[tuple[th.Tensor, th.Tensor]] = []
-        self._inverses: list[tuple[th.Tensor, th.Tensor]] = []
+        #: per layer, ``A`` (``None`` where it is kept as its rows) and ``G``, and the inverses of their damped forms
+        self._factors: list[tuple[th.Tensor | None, th.Tensor]] = []
+        self._inverses: list[tuple[InputInverse, th.Tensor]] = []
         for layer in self.layers:
             calls = [
                 (x, next(by_output), _states_stride(layer.module, output))
                 for x, output in zip(inputs[id(layer.module)], outputs[id(layer.module)], strict=True)
             ]
-            a_factor = th.stack([self._input_factor(layer, x[::stride]) for x, _, stride in calls]).sum(dim=0)
             g_factor = th.stack([self._output_factor(layer, g, stride) for _, g, stride in calls]).sum(dim=0)
-            self.factors.append((a_factor, g_factor))
-            self._inverses.append(self._damped_inverses(a_factor, g_factor))
+            if isinstance(layer.module, nn.Linear):
+                rows = [(self._input_rows(layer, x), len(x)) for x, _, _ in calls]  # and N of each call
+                low_rank = sum(len(r) for r, _ in rows) < rows[0][0].shape[1]  # fewer rows than inputs: A kept as rows
+                if low_rank:
+                    a_factor, a_input = None, th.cat([r / n**0.5 for r, n in rows])
+                else:
+                    a_factor = a_input = th.stack([r.T @ r / n for r, n in rows]).sum(dim=0)
+            else:
+                a_factor = a_input = th.stack([self._input_factor(layer, x[::stride]) for x, _, stride in calls]).sum(dim=0)
+            self._factors.append((a_factor, g_factor))
+            self._inverses.append(self._damped_inverses(a_input, low_rank=a_factor is None, g_factor=g_factor))
+
+    @property
+    def factors(self) -> list[tuple[th.Tensor, th.Tensor]]:
+        """Per layer, the Kronecker factors ``(A, G)`` (an ``A`` kept as its rows ``R`` is formed, ``R^T R``)."""
+        factors = []
+        for (a_factor, g_factor), (inverse, _) in zip(self._factors, self._inverses, strict=True):
+            if a_factor is None:
+                assert inverse.rows is not None
+                a_factor = inverse.rows.T @ inverse.rows
+            factors.append((a_factor, g_factor))
+        return factors
+
+    @staticmethod
+    def _input_rows(layer: KFACLayer, inputs: th.Tensor) -> th.Tensor:
+        """The inputs ``a`` of one call of a linear layer, one row per state, a 1 appended when it has a bias."""
+        rows = inputs.reshape(-1, layer.module.weight.shape[1])
+        if layer.bias_position is not None:
+            rows = th.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+        return rows
 
     @staticmethod
     def _input_factor(layer: KFACLayer, inputs: th.Tensor) -> th.Tensor:
-        """``(1/N) sum_n sum_t a a^T`` of one call of the layer, a 1 appended to ``a`` when it has a bias."""
+        """``(1/N) sum_n sum_t a a^T`` of one call of a convolution (``a`` its patches), a 1 appended with a bias."""
         module = layer.module
+        assert isinstance(module, nn.Conv2d)
         total = None
-        if isinstance(module, nn.Conv2d):
-            chunks = [
-                _patches(module, chunk).transpose(1, 2).reshape(-1, module.weight[0].numel())
-                for chunk in inputs.split(CONV_CHUNK_SAMPLES)
-            ]
-        else:
-            chunks = [inputs.reshape(-1, module.in_features)]
+        chunks = [
+            _patches(module, chunk).transpose(1, 2).reshape(-1, module.weight[0].numel())
+            for chunk in inputs.split(CONV_CHUNK_SAMPLES)
+        ]
         for rows in chunks:
             if layer.bias_position is not None:
                 rows = th.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
@@ -318,13 +367,17 @@ class KFACPreconditioner:
         rows = gradients.reshape(-1, out_features)  # (columns * batch * positions, out)
         return rows.T @ rows / (rows.shape[0] / n_columns)
 
-    def _damped_inverses(self, a_factor: th.Tensor, g_factor: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """``(A + pi sqrt(lambda) I)^-1`` and ``(G + sqrt(lambda) / pi I)^-1`` (factored Tikhonov damping)."""
-        a_scale = a_factor.trace().item() / a_factor.shape[0]
+    def _damped_inverses(self, a_input: th.Tensor, low_rank: bool, g_factor: th.Tensor) -> tuple["InputInverse", th.Tensor]:
+        """
+        ``(A + pi sqrt(lambda) I)^-1`` (applied from the right) and ``(G + sqrt(lambda) / pi I)^-1`` (factored Tikhonov
+        damping); ``a_input`` is ``A``, or with ``low_rank`` its rows ``R`` (``A = R^T R``).
+        """
+        a_dim = a_input.shape[1]
+        a_scale = ((a_input * a_input).sum() if low_rank else a_input.trace()).item() / a_dim
         g_scale = g_factor.trace().item() / g_factor.shape[0]
         pi = (a_scale / g_scale) ** 0.5 if a_scale > 0 and g_scale > 0 else 1.0
         root = self.damping**0.5
-        return _damped_inverse(a_factor, pi * root), _damped_inverse(g_factor, root / pi)
+        return InputInverse(a_input, low_rank, pi * root), _damped_inverse(g_factor, root / pi)
 
     def __call__(self, vector: th.Tensor) -> th.Tensor:
         """:return: ``K^-1 v`` for a flat vector ``v`` over the actor parameters"""
@@ -335,7 +388,7 @@ class KFACPreconditioner:
             matrix = weight.reshape(weight.shape[0], -1)
             if layer.bias_position is not None:
                 matrix = th.cat([matrix, chunks[layer.bias_position].unsqueeze(1)], dim=1)
-            solved = g_inverse @ matrix @ a_inverse
+            solved = a_inverse.apply(g_inverse @ matrix)
             result[layer.weight_position] = solved[:, : weight[0].numel()].reshape(weight.shape)
             if layer.bias_position is not None:
                 result[layer.bias_position] = solved[:, -1]

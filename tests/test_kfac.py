@@ -165,10 +165,19 @@ def test_sampled_expectation_converges_to_the_exact_one(distribution: str) -> No
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "cnn-separate"])
 def test_inverse_is_the_damped_kronecker_inverse(kind: str) -> None:
-    """``K^-1`` is block-diagonal, ``(G + sqrt(l)/pi I)^-1 ⊗ (A + pi sqrt(l) I)^-1`` per layer, ``I / (2 + l)`` on log_std."""
+    """
+    ``K^-1`` is block-diagonal, ``(G + sqrt(l)/pi I)^-1 ⊗ (A + pi sqrt(l) I)^-1`` per layer, ``I / (2 + l)`` on log_std;
+    the CNNs' linear layer (more inputs than the 16 states) applies its ``A``'s inverse by Woodbury's identity.
+    """
     model, observations, _ = model_and_batch(kind, "box6d", 16)
     damping = 0.1
     preconditioner = KFACPreconditioner(model.policy, model.actor_parameters, observations, damping)
+    low_rank = [
+        layer.name
+        for layer, (a_inverse, _) in zip(preconditioner.layers, preconditioner._inverses, strict=True)
+        if a_inverse.rows is not None
+    ]
+    assert low_rank == ([] if kind == "mlp" else ["features_extractor.linear.0"])
     size = sum(p.numel() for p in model.actor_parameters)
     inverse = preconditioner_matrix(preconditioner, size)
     assert_close_in_norm(inverse, inverse.T, rtol=1e-5)
