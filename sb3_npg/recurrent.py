@@ -14,7 +14,7 @@ arguments through (:mod:`sb3_npg.signatures`).
 
 import copy
 import warnings
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -30,12 +30,14 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.common.type_aliases import MaybeCallback, PyTorchObs
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_npg.distributions import categorical_parts
 from sb3_npg.npg import NPG, UpdateBatch
 from sb3_npg.signatures import bound_arguments, variant_signature
+
+SelfRecurrentNPG = TypeVar("SelfRecurrentNPG", bound="RecurrentNPG")
 
 
 def select_rows(distribution: Distribution, rows: th.Tensor) -> Distribution:
@@ -270,6 +272,25 @@ class RecurrentNPG(NPG):
                 self.policy.optimizer.step()
                 losses.append(value_loss.detach())
         return th.stack(losses).mean().item()
+
+    def learn(
+        self: SelfRecurrentNPG,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "RecurrentNPG",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfRecurrentNPG:
+        """Train; see :meth:`sb3_npg.npg.NPG.learn` (the tensorboard run is named after the class, as RecurrentPPO's)."""
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_lstm_states"]

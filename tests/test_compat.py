@@ -406,9 +406,8 @@ def test_tensorboard_logging_and_learn_twice(kind: str, tmp_path: Path) -> None:
     # As with PPO: an update's logs are written with the next rollout's, and a learn call's last ones are not
     assert [event.step for event in events.Scalars("train/kl_divergence")] == [2 * N_STEPS]
     assert [event.step for event in events.Scalars("time/fps")] == [N_STEPS, 2 * N_STEPS, 3 * N_STEPS]
-    if kind != "recurrent":  # RecurrentNPG's default tb_log_name is still NPG's, where RecurrentPPO's is its class name
-        model.learn(N_STEPS)  # without tb_log_name: a new run named after the class, as PPO's and MaskablePPO's are
-        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["run_1", f"{type(model).__name__}_1"])
+    model.learn(N_STEPS)  # without tb_log_name: a new run named after the class, as PPO's and RecurrentPPO's are
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["run_1", f"{type(model).__name__}_1"])
 
 
 @pytest.mark.parametrize("kind", ["npg", "maskable", "recurrent"])  # MaskableRecurrentNPG's: test_maskable_recurrent.py
