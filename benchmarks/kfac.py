@@ -19,15 +19,24 @@ only the observations' pixels, not the cost of anything timed, depend on):
 
 Results go to ``benchmarks/results/kfac.{json,md}``.
 
+3. **Returns** (``--returns``): the final returns of 1e6-step runs of the direct K-FAC step (the shipped entries with
+   ``--hyperparams "preconditioner:'kfac'" cg_max_steps:1``, ``benchmarks/results/kfac/rewards.jsonl``) against the
+   shipped CG entries on the same tuning seeds (``benchmarks/results/selection/rewards.jsonl``), both made by
+   ``benchmarks/rewards.py``: per env each one's IQM with its 95 % stratified-bootstrap interval, P(K-FAC > CG)
+   (rliable, as ``benchmarks/heldout_stats.py``) and the median training time, in
+   ``benchmarks/results/kfac/returns.{json,md}``.
+
 Usage::
 
     python benchmarks/kfac.py                    # all three configurations
     python benchmarks/kfac.py --configs cheetah64 --repeats 5
+    python benchmarks/kfac.py --returns          # after the return runs land
 """
 
 import argparse
 import copy
 import importlib.util
+import pathlib
 import statistics
 import time
 import warnings
@@ -36,7 +45,20 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch as th
-from common import machine, machine_line, markdown_table, write_record
+from common import (
+    CONFIDENCE,
+    RESULTS,
+    format_interval,
+    interval_estimates,
+    machine,
+    machine_line,
+    markdown_table,
+    read_jsonl,
+    repository_path,
+    rliable_problem,
+    variant_of,
+    write_record,
+)
 from gymnasium import spaces
 from sb3_contrib import TRPO
 from stable_baselines3.common.atari_wrappers import (
@@ -329,13 +351,117 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The overrides of the direct K-FAC step's return runs
+KFAC_STEP = ("cg_max_steps:1", "preconditioner:'kfac'")
+
+
+def returns_record(kfac_path: pathlib.Path, cg_path: pathlib.Path, reps: int, bootstrap_seed: int) -> dict[str, Any]:
+    """
+    Per env with direct K-FAC runs: the K-FAC runs and the shipped CG entry's runs on the same seeds (final returns,
+    training times), each one's IQM with its interval, and P(K-FAC > CG) with its interval.
+    """
+    from rliable import metrics
+
+    kfac_runs = [run for run in read_jsonl(kfac_path) if tuple(sorted(variant_of(run))) == KFAC_STEP]
+    cg_runs = [run for run in read_jsonl(cg_path) if not variant_of(run)]
+    envs: dict[str, Any] = {}
+    for env in dict.fromkeys(run["env"] for run in kfac_runs):
+        kfac = {run["seed"]: run for run in kfac_runs if run["env"] == env}
+        cg = {run["seed"]: run for run in cg_runs if run["env"] == env and run["seed"] in kfac}
+        seeds = sorted(set(kfac) & set(cg))
+        by_step = {"kfac": [kfac[seed] for seed in seeds], "cg": [cg[seed] for seed in seeds]}
+        entry: dict[str, Any] = {"seeds": seeds}
+        if seeds:
+            scores = {step: np.array([[run["final_mean_return"]] for run in runs]) for step, runs in by_step.items()}
+            points, intervals = interval_estimates(scores, metrics.aggregate_iqm, reps, bootstrap_seed)
+            pair = {"p": (scores["kfac"], scores["cg"])}
+            p_point, p_interval = interval_estimates(pair, metrics.probability_of_improvement, reps, bootstrap_seed)
+            entry["p_kfac_over_cg"], entry["p_kfac_over_cg_ci"] = p_point["p"], list(p_interval["p"])
+            for step, runs in by_step.items():
+                entry[step] = {
+                    "final_returns": [run["final_mean_return"] for run in runs],
+                    "iqm": points[step],
+                    "iqm_ci": list(intervals[step]),
+                    "train_time_s": [run["train_time_s"] for run in runs],
+                    "commits": sorted({run["machine"].get("sb3_npg_commit") or "-" for run in runs}),
+                }
+        envs[env] = entry
+    return {
+        "sources": [repository_path(kfac_path), repository_path(cg_path)],
+        "reps": reps,
+        "bootstrap_seed": bootstrap_seed,
+        "confidence": CONFIDENCE,
+        "envs": envs,
+    }
+
+
+def returns_markdown(record: dict[str, Any]) -> str:
+    """``returns.md``: per env the two steps' returns per seed, IQMs, P(K-FAC > CG) and median training times."""
+    rows = []
+    for env, entry in record["envs"].items():
+        if not entry["seeds"]:
+            rows.append([env, "-", "-", "-", "-", "-", "-"])
+            continue
+        kfac, cg = entry["kfac"], entry["cg"]
+        single = len(entry["seeds"]) == 1
+        per_seed = " / ".join(f"{k:.0f} vs {c:.0f}" for k, c in zip(kfac["final_returns"], cg["final_returns"], strict=True))
+        times = [statistics.median(step["train_time_s"]) for step in (kfac, cg)]
+        rows.append(
+            [
+                env,
+                ", ".join(map(str, entry["seeds"])),
+                per_seed,
+                format_interval(kfac["iqm"], kfac["iqm_ci"], single),
+                format_interval(cg["iqm"], cg["iqm_ci"], single),
+                format_interval(entry["p_kfac_over_cg"], entry["p_kfac_over_cg_ci"], single, digits=2),
+                f"{times[0]:.0f} / {times[1]:.0f} ({times[0] / times[1]:.2f}x)",
+            ]
+        )
+    header = [
+        "env",
+        "seeds",
+        "final return per seed: K-FAC vs CG",
+        "K-FAC IQM [95 % CI]",
+        "CG IQM [95 % CI]",
+        "P(K-FAC > CG) [95 % CI]",
+        "median train s: K-FAC / CG",
+    ]
+    return "\n".join(
+        [
+            "# Returns of the direct K-FAC step against CG NPG (1e6 steps, tuning seeds)",
+            "",
+            f"Generated by `{record['command']}` on {record['date']}; {machine_line()}.",
+            f"Runs: {', '.join(f'`{source}`' for source in record['sources'])} (`benchmarks/rewards.py`, the RL Zoo pipeline;",
+            "K-FAC: the shipped entry with `--hyperparams \"preconditioner:'kfac'\" cg_max_steps:1`; CG: the shipped entry).",
+            "Final return: mean of 10 deterministic episodes of the final model. rliable:",
+            f"{record['reps']} stratified-bootstrap replications, numpy seed {record['bootstrap_seed']}; with 3 seeds the IQM",
+            "is the mean. Training times: the runs were made two at a time, one per core, beside other work.",
+            "",
+            *markdown_table(header, rows),
+            "",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--updates", type=int, default=5, help="updates measured for the product counts")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds (after one warm-up round)")
     parser.add_argument("--output", default="kfac", help="stem of the records in benchmarks/results/")
+    parser.add_argument("--returns", action="store_true", help="only the returns' record (part 3)")
+    parser.add_argument("--reps", type=int, default=10_000, help="bootstrap replications of --returns")
     args = parser.parse_args()
+    if args.returns:
+        problem = rliable_problem()
+        if problem is not None:
+            raise SystemExit(problem)
+        record = returns_record(RESULTS / "kfac" / "rewards.jsonl", RESULTS / "selection" / "rewards.jsonl", args.reps, 0)
+        record = {"command": "python benchmarks/kfac.py --returns", "date": time.strftime("%Y-%m-%d"), **record}
+        markdown = returns_markdown(record)
+        write_record("returns", record, markdown, folder=RESULTS / "kfac")
+        print(markdown)
+        return
     th.set_num_threads(1)
     results = [run_config(config, args.updates, args.repeats) for config in args.configs]
     command = "python benchmarks/kfac.py " + " ".join(

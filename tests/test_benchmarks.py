@@ -4,7 +4,8 @@ module ``benchmarks/common.py``, importable through the ``pythonpath`` setting o
 per-update log of ``benchmarks/zoo_run.py``, its copy beside the results (``benchmarks/rewards.py``), the rliable
 statistics of ``benchmarks/heldout_stats.py`` (with its learning curves and training times per algorithm), the
 selection protocol's arithmetic of ``benchmarks/selection_stats.py`` and the training times of
-``benchmarks/train_time.py`` on tiny synthetic results files, and records that name no machine.
+``benchmarks/train_time.py`` and the K-FAC returns' pairing of ``benchmarks/kfac.py --returns`` on tiny synthetic results
+files, and records that name no machine.
 """
 
 import gzip
@@ -390,3 +391,35 @@ def test_records_name_the_machine_kind_and_the_code_but_no_folder_or_host(tmp_pa
     # paths inside the repository are recorded relative to it; outside it, by their name alone
     assert common.repository_path(common.RESULTS / "heldout" / "rewards.jsonl") == "benchmarks/results/heldout/rewards.jsonl"
     assert common.repository_path(tmp_path / "run3") == "run3"
+
+
+def test_kfac_returns_pair_each_kfac_run_with_the_cg_run_of_its_seed(tmp_path: pathlib.Path) -> None:
+    problem = common.rliable_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    import kfac
+
+    machine = {"machine": {"sb3_npg_commit": "abc"}}
+    kfac_step = {"variant": ["preconditioner:'kfac'", "cg_max_steps:1"], **machine}
+    kfac_lines = [
+        result_line("npg", "Hopper-v5", seed, final, train_time_s=50.0, **kfac_step)
+        for seed, final in ((0, 30.0), (1, 40.0), (2, 5.0))
+    ]
+    kfac_lines.append(result_line("npg", "Hopper-v5", 0, 1e6, variant=["preconditioner:'kfac'"], **machine))  # PCG: not it
+    cg_lines = [
+        result_line("npg", "Hopper-v5", seed, final, train_time_s=100.0, **machine)
+        for seed, final in ((0, 10.0), (1, 20.0), (2, 50.0), (20, 1e6))  # seed 20 has no K-FAC run: left out
+    ]
+    cg_lines.append(result_line("npg", "Hopper-v5", 1, 1e6, variant=["target_kl:0.5"], **machine))  # a candidate: not CG
+    paths = tmp_path / "kfac.jsonl", tmp_path / "cg.jsonl"
+    for path, lines in zip(paths, (kfac_lines, cg_lines), strict=True):
+        path.write_text("\n".join(lines) + "\n")
+    record = kfac.returns_record(*paths, reps=200, bootstrap_seed=0)
+    hopper = record["envs"]["Hopper-v5"]
+    assert hopper["seeds"] == [0, 1, 2]
+    assert hopper["kfac"]["final_returns"] == [30.0, 40.0, 5.0] and hopper["cg"]["final_returns"] == [10.0, 20.0, 50.0]
+    assert hopper["kfac"]["iqm"] == pytest.approx(25.0) and hopper["cg"]["iqm"] == pytest.approx(80 / 3)
+    assert hopper["p_kfac_over_cg"] == pytest.approx(4 / 9)  # pairs won of 9: 30 > 10, 20; 40 > 10, 20; 5 > none
+    record = {"command": "python benchmarks/kfac.py --returns", "date": "2026-12-07", **record}
+    assert "| Hopper-v5 | 0, 1, 2 | 30 vs 10 / 40 vs 20 / 5 vs 50 |" in kfac.returns_markdown(record)
+    assert "50 / 100 (0.50x)" in kfac.returns_markdown(record)
