@@ -70,7 +70,14 @@ from common import (
 MUJOCO = tuple(env for env, (group, _) in BUDGETS.items() if group == "mujoco")
 TUNING_SEEDS = (0, 1, 2)
 #: The color of each algorithm in the figures
-COLORS = {"npg": "tab:red", "trpo": "tab:blue", "ppo": "tab:green", "a2c": "tab:orange"}
+COLORS = {
+    "npg": "tab:red",
+    "trpo": "tab:blue",
+    "ppo": "tab:green",
+    "a2c": "tab:orange",
+    "npg_lstm": "tab:red",
+    "ppo_lstm": "tab:green",
+}
 
 
 def scores_by_cell(
