@@ -31,6 +31,7 @@ Usage::
     python benchmarks/kfac.py                    # all three configurations
     python benchmarks/kfac.py --configs cheetah64 --repeats 5
     python benchmarks/kfac.py --returns          # after the return runs land
+    python benchmarks/kfac.py --configs breakout --start-from MODEL.zip   # from a trained policy's weights
 """
 
 import argparse
@@ -295,9 +296,11 @@ def time_steps(models: dict[str, BaseAlgorithm], repeats: int) -> dict[str, dict
     return result
 
 
-def run_config(config: str, n_updates: int, repeats: int) -> dict[str, Any]:
+def run_config(config: str, n_updates: int, repeats: int, start_from: pathlib.Path | None = None) -> dict[str, Any]:
     print(config)
     trainer: NPG = make_model("npg-cg", config, CG_STEPS)  # type: ignore[assignment]
+    if start_from is not None:  # a trained policy of the same config (the weights only)
+        trainer.policy.load_state_dict(NPG.load(start_from, device="cpu").policy.state_dict())
     products = measure_products(trainer, n_updates)
     steps = [row["pcg_steps_to_cg10_residual"] for row in products if np.isfinite(row["pcg_steps_to_cg10_residual"])]
     pcg_steps = int(np.ceil(statistics.median(steps))) if steps else CG_STEPS
@@ -450,6 +453,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds (after one warm-up round)")
     parser.add_argument("--output", default="kfac", help="stem of the records in benchmarks/results/")
     parser.add_argument("--returns", action="store_true", help="only the returns' record (part 3)")
+    parser.add_argument(
+        "--start-from",
+        type=pathlib.Path,
+        default=None,
+        metavar="MODEL",
+        help="measure from the weights of a trained model of the (one) config (e.g. the final model of a\n"
+        "benchmarks/rewards.py run) instead of a fresh initialisation",
+    )
+    parser.add_argument(
+        "--start-from-name", default=None, help="how the record names --start-from's model (default: its path)"
+    )
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap replications of --returns")
     args = parser.parse_args()
     if args.returns:
@@ -463,10 +477,11 @@ def main() -> None:
         print(markdown)
         return
     th.set_num_threads(1)
-    results = [run_config(config, args.updates, args.repeats) for config in args.configs]
+    results = [run_config(config, args.updates, args.repeats, args.start_from) for config in args.configs]
     command = "python benchmarks/kfac.py " + " ".join(
         [f"--configs {' '.join(args.configs)}", f"--updates {args.updates}", f"--repeats {args.repeats}"]
         + ([f"--output {args.output}"] if args.output != "kfac" else [])
+        + ([f"--start-from {args.start_from_name or repository_path(args.start_from)}"] if args.start_from else [])
     )
     record = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "results": results}
     write_record(args.output, record, markdown(results, command))
