@@ -472,9 +472,9 @@ def main() -> None:
             raise SystemExit(problem)
         record = returns_record(RESULTS / "kfac" / "rewards.jsonl", RESULTS / "selection" / "rewards.jsonl", args.reps, 0)
         record = {"command": "python benchmarks/kfac.py --returns", "date": time.strftime("%Y-%m-%d"), **record}
-        markdown = returns_markdown(record)
-        write_record("returns", record, markdown, folder=RESULTS / "kfac")
-        print(markdown)
+        text = returns_markdown(record)
+        write_record("returns", record, text, folder=RESULTS / "kfac")
+        print(text)
         return
     th.set_num_threads(1)
     results = [run_config(config, args.updates, args.repeats, args.start_from) for config in args.configs]
