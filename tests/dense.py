@@ -105,3 +105,14 @@ def dense_scores(model: NPG, observations, actions: th.Tensor, action_masks=None
         gradients = th.autograd.grad(log_prob, model.actor_parameters, allow_unused=True, materialize_grads=True)
         rows.append(th.cat([gradient.reshape(-1) for gradient in gradients]))
     return th.stack(rows)
+
+
+def dense_fisher(backend: str, model: NPG, observations, actions: th.Tensor, action_masks=None) -> th.Tensor:
+    """
+    The dense matrix a Fisher backend stands for: the empirical Fisher ``S^T S / N`` of the per-sample scores for
+    ``"empirical"``, the Hessian of the mean summed KL for the exact backends (masked if given), P x P.
+    """
+    if backend == "empirical":
+        scores = dense_scores(model, observations, actions, action_masks)
+        return scores.T @ scores / len(scores)
+    return dense_kl_hessian(model, observations, action_masks)

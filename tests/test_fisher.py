@@ -25,7 +25,7 @@ from sb3_npg.jacobian import AutogradJacobian
 from sb3_npg.kl import mean_summed_kl
 from sb3_npg.parameters import flatten
 from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
-from tests.dense import dense_kl_hessian, dense_scores
+from tests.dense import dense_fisher, dense_kl_hessian, dense_scores
 from tests.envs import ACTION_SPACES, ToyEnv
 from tests.helpers import assert_close_in_norm, batch, perturb, tiny_model
 
@@ -80,11 +80,7 @@ def test_fisher_on_preprocessed_observations(policy: str, observation_space: spa
     model.learn(32)
     data = next(model.rollout_buffer.get(batch_size=None))
     observations, actions = data.observations, data.actions
-    if backend == "empirical":
-        scores = dense_scores(model, observations, actions)
-        dense = scores.T @ scores / len(scores)
-    else:
-        dense = dense_kl_hessian(model, observations)
+    dense = dense_fisher(backend, model, observations, actions)
     fisher = make_fisher(backend, model.policy, model.actor_parameters, observations, actions, damping=0.1)
     generator = th.Generator().manual_seed(13)
     vector, gradient = th.randn(2, dense.shape[0], generator=generator)
@@ -159,11 +155,7 @@ def test_solve_equals_dense_damped_solve(backend: str, distribution: str) -> Non
     model = tiny_model(distribution)
     perturb(model)
     observations, actions = batch(model, 24)
-    if backend == "empirical":
-        scores = dense_scores(model, observations, actions)
-        dense = scores.T @ scores / len(scores)
-    else:
-        dense = dense_kl_hessian(model, observations)
+    dense = dense_fisher(backend, model, observations, actions)
     n_parameters = dense.shape[0]
     assert len(observations) < n_parameters
     gradient = th.randn(n_parameters, generator=th.Generator().manual_seed(4))

@@ -21,7 +21,7 @@ from sb3_npg.fisher import FISHER_BACKENDS, make_fisher
 from sb3_npg.kfac import KFACPreconditioner
 from sb3_npg.npg import UpdateBatch
 from sb3_npg.parameters import flatten
-from tests.dense import dense_kl_hessian, dense_scores, distribution_of, flat_actor
+from tests.dense import dense_fisher, dense_kl_hessian, distribution_of, flat_actor
 from tests.envs import ACTION_SPACES, MaskedToyEnv, image_space, random_mask
 from tests.helpers import assert_close_in_norm, batch, cosine, perturb, tiny_model, toy_env
 
@@ -203,11 +203,7 @@ def test_inverse_is_the_damped_kronecker_inverse(kind: str) -> None:
 def test_preconditioned_cg_converges_to_the_dense_solve(kind: str, distribution: str, backend: str) -> None:
     """Conjugate gradient preconditioned by K-FAC, on each backend's products, reaches ``(F + l I)^-1 g`` (cosine 0.9999)."""
     model, observations, actions = model_and_batch(kind, distribution, 24)
-    if backend == "empirical":
-        scores = dense_scores(model, observations, actions)
-        dense = scores.T @ scores / len(scores)
-    else:
-        dense = dense_kl_hessian(model, observations)
+    dense = dense_fisher(backend, model, observations, actions)
     size = dense.shape[0]
     gradient = th.randn(size, generator=th.Generator().manual_seed(4))
     expected = th.linalg.solve(dense + 0.1 * th.eye(size), gradient)

@@ -30,7 +30,7 @@ from sb3_npg.kl import mean_summed_kl
 from sb3_npg.npg import UpdateBatch
 from sb3_npg.parameters import flatten
 from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
-from tests.dense import dense_kl_hessian, dense_scores, distribution_of, flat_actor
+from tests.dense import dense_fisher, dense_kl_hessian, distribution_of, flat_actor
 from tests.envs import MaskedToyEnv, ToyEnv, random_mask
 from tests.helpers import assert_close_in_norm, perturb, tiny_model
 from tests.torch_safety import UNTRUSTED_LOAD
@@ -94,14 +94,8 @@ def test_fisher_vector_product_equals_dense_masked_fisher(backend: str, action_s
     model = tiny_masked_model(action_space)
     perturb(model, scale=0.5)
     observations, actions, masks = masked_batch(model, 24)
-    if backend == "empirical":
-        scores = dense_scores(model, observations, actions, masks)
-        dense = scores.T @ scores / len(scores)
-        unmasked_scores = dense_scores(model, observations, actions)
-        unmasked = unmasked_scores.T @ unmasked_scores / len(scores)
-    else:
-        dense = dense_kl_hessian(model, observations, masks)
-        unmasked = dense_kl_hessian(model, observations)
+    dense = dense_fisher(backend, model, observations, actions, masks)
+    unmasked = dense_fisher(backend, model, observations, actions)
     assert th.isfinite(dense).all()
     assert_differ(dense, unmasked)
     fisher = make_fisher(
