@@ -332,6 +332,20 @@ def interval_estimates(
     )
 
 
+def improvement_estimate(
+    scores: np.ndarray, baseline: np.ndarray, reps: int, bootstrap_seed: int
+) -> tuple[float, list[float]]:
+    """
+    P(a run of ``scores`` ends above a run of ``baseline``) (``rliable.metrics.probability_of_improvement``: the
+    Mann-Whitney U statistic, ties one half) and its interval, by :func:`interval_estimates`; scores of shape
+    (seeds, 1 task), each set resampled on its own.
+    """
+    from rliable import metrics
+
+    point, interval = interval_estimates({"p": (scores, baseline)}, metrics.probability_of_improvement, reps, bootstrap_seed)
+    return point["p"], list(interval["p"])
+
+
 def format_interval(point: float | None, interval: Sequence[float] | None, single: bool, digits: int = 0) -> str:
     """``**point** [low, high]``; ``-`` without runs; no interval from ``single`` seeds (resampling one value)."""
     if point is None or interval is None:

@@ -58,6 +58,7 @@ from common import (
     RESULTS,
     format_interval,
     group_results,
+    improvement_estimate,
     interval_estimates,
     is_current,
     label,
@@ -145,9 +146,7 @@ def set_statistics(
         for baseline in baselines:
             key = improvement_key(first, baseline)
             if {first, baseline} <= scores.keys():
-                pair = {key: (scores[first], scores[baseline])}
-                point, interval = interval_estimates(pair, metrics.probability_of_improvement, reps, bootstrap_seed)
-                entry[key], entry[f"{key}_ci"] = point[key], list(interval[key])
+                entry[key], entry[f"{key}_ci"] = improvement_estimate(scores[first], scores[baseline], reps, bootstrap_seed)
             else:
                 entry[key] = entry[f"{key}_ci"] = None
         stats[env] = entry

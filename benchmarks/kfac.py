@@ -50,6 +50,7 @@ from common import (
     CONFIDENCE,
     RESULTS,
     format_interval,
+    improvement_estimate,
     interval_estimates,
     machine,
     machine_line,
@@ -377,9 +378,9 @@ def returns_record(kfac_path: pathlib.Path, cg_path: pathlib.Path, reps: int, bo
         if seeds:
             scores = {step: np.array([[run["final_mean_return"]] for run in runs]) for step, runs in by_step.items()}
             points, intervals = interval_estimates(scores, metrics.aggregate_iqm, reps, bootstrap_seed)
-            pair = {"p": (scores["kfac"], scores["cg"])}
-            p_point, p_interval = interval_estimates(pair, metrics.probability_of_improvement, reps, bootstrap_seed)
-            entry["p_kfac_over_cg"], entry["p_kfac_over_cg_ci"] = p_point["p"], list(p_interval["p"])
+            entry["p_kfac_over_cg"], entry["p_kfac_over_cg_ci"] = improvement_estimate(
+                scores["kfac"], scores["cg"], reps, bootstrap_seed
+            )
             for step, runs in by_step.items():
                 entry[step] = {
                     "final_returns": [run["final_mean_return"] for run in runs],

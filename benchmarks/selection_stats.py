@@ -43,6 +43,7 @@ from common import (
     RESULTS,
     canonical_value,
     format_interval,
+    improvement_estimate,
     interval_estimates,
     markdown_table,
     read_jsonl,
@@ -146,9 +147,13 @@ def stage_statistics(
         }
         common_seeds = [seed for seed in returns if seed in shipped]
         if variant and common_seeds:
-            pair = {name: (np.array([[returns[s]] for s in common_seeds]), np.array([[shipped[s]] for s in common_seeds]))}
-            point, interval = interval_estimates(pair, metrics.probability_of_improvement, reps, bootstrap_seed)
-            cell.update(p_over_shipped=point[name], p_over_shipped_ci=list(interval[name]), p_seeds=common_seeds)
+            point, interval = improvement_estimate(
+                np.array([[returns[s]] for s in common_seeds]),
+                np.array([[shipped[s]] for s in common_seeds]),
+                reps,
+                bootstrap_seed,
+            )
+            cell.update(p_over_shipped=point, p_over_shipped_ci=interval, p_seeds=common_seeds)
         stats[variant] = cell
     return stats
 
