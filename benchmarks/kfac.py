@@ -462,9 +462,6 @@ def main() -> None:
         help="measure from the weights of a trained model of the (one) config (e.g. the final model of a\n"
         "benchmarks/rewards.py run) instead of a fresh initialisation",
     )
-    parser.add_argument(
-        "--start-from-name", default=None, help="how the record names --start-from's model (default: its path)"
-    )
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap replications of --returns")
     args = parser.parse_args()
     if args.returns:
@@ -482,7 +479,7 @@ def main() -> None:
     command = "python benchmarks/kfac.py " + " ".join(
         [f"--configs {' '.join(args.configs)}", f"--updates {args.updates}", f"--repeats {args.repeats}"]
         + ([f"--output {args.output}"] if args.output != "kfac" else [])
-        + ([f"--start-from {args.start_from_name or repository_path(args.start_from)}"] if args.start_from else [])
+        + ([f"--start-from {repository_path(args.start_from)}"] if args.start_from else [])
     )
     record = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "results": results}
     write_record(args.output, record, markdown(results, command))

@@ -211,6 +211,11 @@ def _patches(module: nn.Conv2d, inputs: th.Tensor) -> th.Tensor:
     return nn.functional.unfold(inputs, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
 
 
+def _with_bias_column(layer: KFACLayer, rows: th.Tensor) -> th.Tensor:
+    """A layer's input rows ``a``, with a column of ones appended when the layer has a bias (its last input)."""
+    return rows if layer.bias_position is None else th.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+
+
 class InputInverse:
     """
     ``M -> M (A + damping I)^-1`` for a layer's input factor ``A``: its Cholesky inverse, or, when ``A = R^T R`` has
@@ -328,10 +333,7 @@ class KFACPreconditioner:
     @staticmethod
     def _input_rows(layer: KFACLayer, inputs: th.Tensor) -> th.Tensor:
         """The inputs ``a`` of one call of a linear layer, one row per state, a 1 appended when it has a bias."""
-        rows = inputs.reshape(-1, layer.module.weight.shape[1])
-        if layer.bias_position is not None:
-            rows = th.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-        return rows
+        return _with_bias_column(layer, inputs.reshape(-1, layer.module.weight.shape[1]))
 
     @staticmethod
     def _input_factor(layer: KFACLayer, inputs: th.Tensor) -> th.Tensor:
@@ -343,9 +345,8 @@ class KFACPreconditioner:
             _patches(module, chunk).transpose(1, 2).reshape(-1, module.weight[0].numel())
             for chunk in inputs.split(CONV_CHUNK_SAMPLES)
         ]
-        for rows in chunks:
-            if layer.bias_position is not None:
-                rows = th.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+        for chunk_rows in chunks:
+            rows = _with_bias_column(layer, chunk_rows)
             product = rows.T @ rows
             total = product if total is None else total + product
         assert total is not None
@@ -367,7 +368,7 @@ class KFACPreconditioner:
         rows = gradients.reshape(-1, out_features)  # (columns * batch * positions, out)
         return rows.T @ rows / (rows.shape[0] / n_columns)
 
-    def _damped_inverses(self, a_input: th.Tensor, low_rank: bool, g_factor: th.Tensor) -> tuple["InputInverse", th.Tensor]:
+    def _damped_inverses(self, a_input: th.Tensor, low_rank: bool, g_factor: th.Tensor) -> tuple[InputInverse, th.Tensor]:
         """
         ``(A + pi sqrt(lambda) I)^-1`` (applied from the right) and ``(G + sqrt(lambda) / pi I)^-1`` (factored Tikhonov
         damping); ``a_input`` is ``A``, or with ``low_rank`` its rows ``R`` (``A = R^T R``).
