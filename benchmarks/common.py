@@ -19,11 +19,12 @@ import pathlib
 import platform
 import subprocess
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch as th
 import yaml
 from gymnasium import spaces
 from sb3_contrib import TRPO
@@ -38,6 +39,7 @@ from torch import nn
 
 import sb3_npg
 from sb3_npg import NPG
+from sb3_npg.conjugate_gradient import conjugate_gradient
 from sb3_npg.constants import FISHER_BACKENDS
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent
@@ -496,3 +498,24 @@ def masked_task_env(task: str) -> gym.Env:
     if task == "tictactoe":
         return VersusRandom("tictactoe_v3")
     raise ValueError(f"Unknown task {task!r}")
+
+
+def steps_to_residual(
+    matvec: Callable[[th.Tensor], th.Tensor],
+    gradient: th.Tensor,
+    preconditioner: Callable[[th.Tensor], th.Tensor],
+    target: float,
+    limit: int,
+) -> int | None:
+    """
+    The preconditioned CG steps whose residual norm first reaches ``target`` (``None``: not within ``limit``), from one
+    solve of ``limit`` steps: the preconditioner is given the residual after each step.
+    """
+    norms: list[float] = []
+
+    def recording(residual: th.Tensor) -> th.Tensor:
+        norms.append(residual.norm().item())
+        return preconditioner(residual)
+
+    conjugate_gradient(matvec, gradient, limit, residual_tol=0, preconditioner=recording)
+    return next((k for k, norm in enumerate(norms) if k > 0 and norm <= target), None)

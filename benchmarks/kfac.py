@@ -58,6 +58,7 @@ from common import (
     read_jsonl,
     repository_path,
     rliable_problem,
+    steps_to_residual,
     variant_of,
     write_record,
 )
@@ -212,15 +213,10 @@ def measure_products(trainer: NPG, n_updates: int) -> list[dict[str, float]]:
         reference, _ = conjugate_gradient(fisher.damped_matvec, gradient, REFERENCE_STEPS, residual_tol=0, preconditioner=kfac)
         plain, plain_residual = conjugate_gradient(fisher.damped_matvec, gradient, CG_STEPS, residual_tol=0)
         target = plain_residual.norm().item()
-        steps, solution = None, None
-        for n_steps in range(1, 3 * CG_STEPS + 1):
-            solution, residual = conjugate_gradient(
-                fisher.damped_matvec, gradient, n_steps, residual_tol=0, preconditioner=kfac
-            )
-            if residual.norm().item() <= target:
-                steps = n_steps
-                break
-        assert solution is not None
+        steps = steps_to_residual(fisher.damped_matvec, gradient, kfac, target, 3 * CG_STEPS)
+        solution, _ = conjugate_gradient(
+            fisher.damped_matvec, gradient, steps or 3 * CG_STEPS, residual_tol=0, preconditioner=kfac
+        )
         row = {
             "cg10_residual": target,
             "pcg_steps_to_cg10_residual": float(steps) if steps is not None else float("nan"),

@@ -40,7 +40,7 @@ from stable_baselines3.common.vec_env import VecFrameStack
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from common import RESULTS, machine_line, markdown_table, repository_path
+from common import RESULTS, machine_line, markdown_table, repository_path, steps_to_residual
 
 from sb3_npg import NPG, kfac
 from sb3_npg.conjugate_gradient import conjugate_gradient
@@ -195,15 +195,8 @@ def main() -> None:
         direction = built if isinstance(built, th.Tensor) else built(gradient)
         steps = "-"
         if precondition and not isinstance(built, th.Tensor):
-            norms: list[float] = []
-            preconditioner = built
-
-            def recording(residual: th.Tensor) -> th.Tensor:
-                norms.append(residual.norm().item())
-                return preconditioner(residual)
-
-            conjugate_gradient(fisher.damped_matvec, gradient, PCG_LIMIT, residual_tol=0, preconditioner=recording)
-            steps = next((str(k) for k, norm in enumerate(norms) if k > 0 and norm <= target), f"> {PCG_LIMIT}")
+            reached = steps_to_residual(fisher.damped_matvec, gradient, built, target, PCG_LIMIT)
+            steps = f"> {PCG_LIMIT}" if reached is None else str(reached)
         row = [name, f"{cosine(direction):.3f}", f"{curvature(direction):.3g}", steps, f"{seconds:.1f} s"]
         print(" | ".join(row), flush=True)
         return row
