@@ -72,7 +72,8 @@ Solve = Callable[[th.Tensor], th.Tensor]
 class EigenbasisPreconditioner:
     """
     ``V -> Q_G [(Q_G^T V Q_A) / (S + damping)] Q_A^T`` per K-FAC layer: K-FAC's eigenbasis with the eigenvalues ``S``
-    (``d_G d_A^T`` for K-FAC with exact damping, or EKFAC's re-estimates) and the exact Tikhonov damping.
+    (``d_G d_A^T`` for K-FAC with exact damping, or EKFAC's re-estimates) and the exact Tikhonov damping. Every actor
+    parameter must be a K-FAC layer's (a categorical policy: no ``log_std``).
     """
 
     def __init__(self, base: kfac.KFACPreconditioner, damping: float, corrected: dict[int, th.Tensor] | None = None):
