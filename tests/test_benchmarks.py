@@ -423,3 +423,31 @@ def test_kfac_returns_pair_each_kfac_run_with_the_cg_run_of_its_seed(tmp_path: p
     record = {"command": "python benchmarks/kfac.py --returns", "date": "2026-12-07", **record}
     assert "| Hopper-v5 | 0, 1, 2 | 30 vs 10 / 40 vs 20 / 5 vs 50 |" in kfac.returns_markdown(record)
     assert "50 / 100 (0.50x)" in kfac.returns_markdown(record)
+
+
+def test_steps_to_residual_counts_the_preconditioned_steps_that_separate_solves_would() -> None:
+    import torch as th
+
+    from sb3_npg.conjugate_gradient import conjugate_gradient
+
+    generator = th.Generator().manual_seed(0)
+    for _ in range(3):
+        factor = th.randn(40, 40, generator=generator, dtype=th.float64)
+        matrix = factor @ factor.T / 40 + 0.01 * th.eye(40, dtype=th.float64)
+        right = th.randn(40, generator=generator, dtype=th.float64)
+        inverse_diagonal = matrix.diagonal().reciprocal()
+
+        def matvec(vector: th.Tensor, matrix: th.Tensor = matrix) -> th.Tensor:
+            return matrix @ vector
+
+        def jacobi(vector: th.Tensor, inverse_diagonal: th.Tensor = inverse_diagonal) -> th.Tensor:
+            return inverse_diagonal * vector
+
+        target = conjugate_gradient(matvec, right, 10, residual_tol=0).residual.norm().item()
+        separate = next(
+            steps
+            for steps in range(1, 41)
+            if conjugate_gradient(matvec, right, steps, residual_tol=0, preconditioner=jacobi).residual.norm() <= target
+        )
+        assert common.steps_to_residual(matvec, right, jacobi, target, 40) == separate
+        assert common.steps_to_residual(matvec, right, jacobi, target, separate - 1) is None
