@@ -216,6 +216,108 @@ def _with_bias_column(layer: KFACLayer, rows: th.Tensor) -> th.Tensor:
     return rows if layer.bias_position is None else th.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
 
 
+def layer_matrix(layer: KFACLayer, chunks: Sequence[th.Tensor]) -> th.Tensor:
+    """
+    A layer's part of a flat vector as the matrix K-FAC's factors act on: ``out x in`` (a convolution's weight
+    flattened per output channel), the bias as a last column.
+
+    :param layer: the K-FAC layer
+    :param chunks: the flat vector split per actor parameter (:func:`sb3_npg.parameters.unflatten`)
+    """
+    weight = chunks[layer.weight_position]
+    matrix = weight.reshape(weight.shape[0], -1)
+    if layer.bias_position is None:
+        return matrix
+    return th.cat([matrix, chunks[layer.bias_position].unsqueeze(1)], dim=1)
+
+
+def set_layer_matrix(layer: KFACLayer, matrix: th.Tensor, chunks: list[th.Tensor]) -> None:
+    """
+    The inverse of :func:`layer_matrix`: write ``matrix`` into the layer's weight (and bias) chunks of ``chunks``.
+
+    :param layer: the K-FAC layer
+    :param matrix: ``out x in`` (plus the bias column)
+    :param chunks: the per-parameter chunks, changed in place
+    """
+    weight_shape = chunks[layer.weight_position].shape
+    chunks[layer.weight_position] = matrix[:, : weight_shape[1:].numel()].reshape(weight_shape)
+    if layer.bias_position is not None:
+        chunks[layer.bias_position] = matrix[:, -1]
+
+
+class LayerCall(NamedTuple):
+    """
+    One call of a K-FAC layer in the forward pass of a batch.
+
+    :param inputs: the layer's inputs (detached)
+    :param output_gradients: the Fisher's columns back-propagated to the layer's outputs, ``(columns, batch, out,
+        ...)``; ``None`` if the layer does not influence the distribution on this batch
+    :param stride: every how many states the factors take (:func:`_states_stride`)
+    """
+
+    inputs: th.Tensor
+    output_gradients: th.Tensor | None
+    stride: int
+
+
+def layer_calls(
+    policy: ActorCriticPolicy,
+    layers: Sequence[KFACLayer],
+    observations: PyTorchObs,
+    action_masks: th.Tensor | None = None,
+    batch_policy: Any = None,
+    expectation: str = "sampled",
+) -> list[list[LayerCall]]:
+    """
+    What K-FAC's factors are made of: one forward pass of the batch with hooks on the layers, then one backward pass
+    of the Fisher's columns (batched over the columns when there are several) to every call's outputs.
+
+    :param policy: the actor-critic policy (its layers are hooked)
+    :param layers: the K-FAC layers (:func:`kfac_layers`)
+    :param observations: the batch
+    :param action_masks: the batch's action masks, or ``None``
+    :param batch_policy: what gives the batch's distribution through ``get_distribution`` (default: ``policy``)
+    :param expectation: ``"sampled"`` (:func:`sampled_columns`) or ``"exact"`` (:func:`fisher_columns`)
+    :return: per layer, its calls in the order of the forward pass
+    """
+    inputs: dict[int, list[th.Tensor]] = {id(layer.module): [] for layer in layers}
+    outputs: dict[int, list[th.Tensor]] = {id(layer.module): [] for layer in layers}
+
+    def record(module: nn.Module, arguments: tuple[th.Tensor, ...], output: th.Tensor) -> None:
+        inputs[id(module)].append(arguments[0].detach())
+        outputs[id(module)].append(output)
+
+    handles = [layer.module.register_forward_hook(record) for layer in layers]
+    try:
+        with th.enable_grad():
+            distribution = action_distribution(batch_policy or policy, observations, action_masks)
+    finally:
+        for handle in handles:
+            handle.remove()
+    dist_outputs = distribution_outputs(distribution)
+    columns = fisher_columns(distribution) if expectation == "exact" else sampled_columns(distribution)
+    layer_outputs = [output for layer in layers for output in outputs[id(layer.module)]]
+    used = [(output, column) for output, column in zip(dist_outputs, columns, strict=True) if output.requires_grad]
+    batched = columns[0].shape[0] > 1  # several columns: one vmapped backward pass; one: a plain one
+    gradients = th.autograd.grad(
+        [output for output, _ in used],
+        layer_outputs,
+        grad_outputs=[column if batched else column[0] for _, column in used],
+        is_grads_batched=batched,
+        allow_unused=True,
+    )
+    if not batched:
+        gradients = tuple(None if gradient is None else gradient.unsqueeze(0) for gradient in gradients)
+    by_output = iter(gradients)
+    return [
+        [
+            LayerCall(x, next(by_output), _states_stride(layer.module, output))
+            for x, output in zip(inputs[id(layer.module)], outputs[id(layer.module)], strict=True)
+        ]
+        for layer in layers
+    ]
+
+
 class InputInverse:
     """
     ``M -> M (A + damping I)^-1`` for a layer's input factor ``A``: its Cholesky inverse, or, when ``A = R^T R`` has
@@ -269,53 +371,23 @@ class KFACPreconditioner:
         self.parameters = list(parameters)
         self.damping = damping
         self.layers, self.log_std_position = kfac_layers(policy, self.parameters)
-        inputs: dict[int, list[th.Tensor]] = {id(layer.module): [] for layer in self.layers}
-        outputs: dict[int, list[th.Tensor]] = {id(layer.module): [] for layer in self.layers}
-
-        def record(module: nn.Module, arguments: tuple[th.Tensor, ...], output: th.Tensor) -> None:
-            inputs[id(module)].append(arguments[0].detach())
-            outputs[id(module)].append(output)
-
-        handles = [layer.module.register_forward_hook(record) for layer in self.layers]
-        try:
-            with th.enable_grad():
-                distribution = action_distribution(batch_policy or policy, observations, action_masks)
-        finally:
-            for handle in handles:
-                handle.remove()
-        dist_outputs = distribution_outputs(distribution)
-        columns = fisher_columns(distribution) if expectation == "exact" else sampled_columns(distribution)
-        layer_outputs = [output for layer in self.layers for output in outputs[id(layer.module)]]
-        used = [(output, column) for output, column in zip(dist_outputs, columns, strict=True) if output.requires_grad]
-        batched = columns[0].shape[0] > 1  # several columns: one vmapped backward pass; one: a plain one
-        gradients = th.autograd.grad(
-            [output for output, _ in used],
-            layer_outputs,
-            grad_outputs=[column if batched else column[0] for _, column in used],
-            is_grads_batched=batched,
-            allow_unused=True,
-        )
-        if not batched:
-            gradients = tuple(None if gradient is None else gradient.unsqueeze(0) for gradient in gradients)
-        by_output = iter(gradients)
+        calls_per_layer = layer_calls(policy, self.layers, observations, action_masks, batch_policy, expectation)
         #: per layer, ``A`` (``None`` where it is kept as its rows) and ``G``, and the inverses of their damped forms
         self._factors: list[tuple[th.Tensor | None, th.Tensor]] = []
         self._inverses: list[tuple[InputInverse, th.Tensor]] = []
-        for layer in self.layers:
-            calls = [
-                (x, next(by_output), _states_stride(layer.module, output))
-                for x, output in zip(inputs[id(layer.module)], outputs[id(layer.module)], strict=True)
-            ]
-            g_factor = th.stack([self._output_factor(layer, g, stride) for _, g, stride in calls]).sum(dim=0)
+        for layer, calls in zip(self.layers, calls_per_layer, strict=True):
+            g_factor = th.stack([self._output_factor(layer, call.output_gradients, call.stride) for call in calls]).sum(dim=0)
             if isinstance(layer.module, nn.Linear):
-                rows = [(self._input_rows(layer, x), len(x)) for x, _, _ in calls]  # and N of each call
+                rows = [(self._input_rows(layer, call.inputs), len(call.inputs)) for call in calls]  # and N of each call
                 low_rank = sum(len(r) for r, _ in rows) < rows[0][0].shape[1]  # fewer rows than inputs: A kept as rows
                 if low_rank:
                     a_factor, a_input = None, th.cat([r / n**0.5 for r, n in rows])
                 else:
                     a_factor = a_input = th.stack([r.T @ r / n for r, n in rows]).sum(dim=0)
             else:
-                a_factor = a_input = th.stack([self._input_factor(layer, x[::stride]) for x, _, stride in calls]).sum(dim=0)
+                a_factor = a_input = th.stack([self._input_factor(layer, call.inputs[:: call.stride]) for call in calls]).sum(
+                    dim=0
+                )
             self._factors.append((a_factor, g_factor))
             self._inverses.append(self._damped_inverses(a_input, low_rank=a_factor is None, g_factor=g_factor))
 
@@ -385,14 +457,7 @@ class KFACPreconditioner:
         chunks = unflatten(vector, self.parameters)
         result: list[th.Tensor] = list(chunks)
         for layer, (a_inverse, g_inverse) in zip(self.layers, self._inverses, strict=True):
-            weight = chunks[layer.weight_position]
-            matrix = weight.reshape(weight.shape[0], -1)
-            if layer.bias_position is not None:
-                matrix = th.cat([matrix, chunks[layer.bias_position].unsqueeze(1)], dim=1)
-            solved = a_inverse.apply(g_inverse @ matrix)
-            result[layer.weight_position] = solved[:, : weight[0].numel()].reshape(weight.shape)
-            if layer.bias_position is not None:
-                result[layer.bias_position] = solved[:, -1]
+            set_layer_matrix(layer, a_inverse.apply(g_inverse @ layer_matrix(layer, chunks)), result)
         if self.log_std_position is not None:  # exact block 2 I of the summed KL, damped
             result[self.log_std_position] = chunks[self.log_std_position] / (2.0 + self.damping)
         return flatten(result)

@@ -20,7 +20,7 @@ from sb3_npg.conjugate_gradient import conjugate_gradient
 from sb3_npg.fisher import FISHER_BACKENDS, make_fisher
 from sb3_npg.kfac import KFACPreconditioner
 from sb3_npg.npg import UpdateBatch
-from sb3_npg.parameters import flatten
+from sb3_npg.parameters import flatten, unflatten
 from tests.dense import dense_fisher, dense_kl_hessian, distribution_of, flat_actor
 from tests.envs import ACTION_SPACES, MaskedToyEnv, image_space, random_mask
 from tests.helpers import assert_close_in_norm, batch, cosine, perturb, tiny_model, toy_env
@@ -116,6 +116,33 @@ def layer_block_indices(model: NPG, weight_position: int, bias_position: int | N
         if bias_position is not None:
             indices.append(int(offsets[bias_position]) + row)
     return indices
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn-separate"])
+def test_layer_matrix_is_the_row_major_weight_and_bias(kind: str) -> None:
+    """
+    ``layer_matrix`` lays a layer's part of a flat vector out as ``[W | b]`` in the order of the Fisher blocks above,
+    ``set_layer_matrix`` writes it back; ``layer_calls`` gives one call per layer, with a gradient per Fisher column.
+    """
+    model, observations, _ = model_and_batch(kind, "discrete", 5)
+    layers, _ = kfac.kfac_layers(model.policy, model.actor_parameters)
+    vector = th.arange(sum(p.numel() for p in model.actor_parameters), dtype=th.float32)
+    chunks = unflatten(vector, model.actor_parameters)
+    for layer in layers:
+        matrix = kfac.layer_matrix(layer, chunks)
+        indices = layer_block_indices(model, layer.weight_position, layer.bias_position)
+        assert th.equal(matrix.flatten(), vector[indices])
+        written = [th.zeros_like(chunk) for chunk in chunks]
+        kfac.set_layer_matrix(layer, matrix, written)
+        for position in (layer.weight_position, layer.bias_position):
+            if position is not None:
+                assert th.equal(written[position], chunks[position])
+    calls = kfac.layer_calls(model.policy, layers, observations, expectation="exact")
+    n_actions = model.action_space.n  # type: ignore[attr-defined]
+    for layer, (call,) in zip(layers, calls, strict=True):
+        assert call.output_gradients is not None
+        assert call.output_gradients.shape[:3] == (n_actions, 5, layer.module.weight.shape[0])
+        assert call.inputs.shape[0] == 5 and call.stride == 1
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)

@@ -45,9 +45,7 @@ from common import RESULTS, machine_line, markdown_table, repository_path, steps
 from sb3_npg import NPG, kfac
 from sb3_npg.conjugate_gradient import conjugate_gradient
 from sb3_npg.critic import index_observations
-from sb3_npg.distributions import distribution_outputs
 from sb3_npg.fisher import make_fisher
-from sb3_npg.kl import action_distribution
 from sb3_npg.parameters import flatten, unflatten
 from sb3_npg.policy_gradient import policy_gradient, policy_jacobian
 
@@ -72,71 +70,48 @@ Solve = Callable[[th.Tensor], th.Tensor]
 class EigenbasisPreconditioner:
     """
     ``V -> Q_G [(Q_G^T V Q_A) / (S + damping)] Q_A^T`` per K-FAC layer: K-FAC's eigenbasis with the eigenvalues ``S``
-    (``d_G d_A^T`` for K-FAC with exact damping, or EKFAC's re-estimates) and the exact Tikhonov damping. Every actor
-    parameter must be a K-FAC layer's (a categorical policy: no ``log_std``).
+    (``d_G d_A^T``, K-FAC with exact damping, unless :attr:`eigenvalues` are replaced, e.g. by EKFAC's re-estimates)
+    and the exact Tikhonov damping. Every actor parameter must be a K-FAC layer's (a categorical policy: no
+    ``log_std``).
     """
 
-    def __init__(self, base: kfac.KFACPreconditioner, damping: float, corrected: dict[int, th.Tensor] | None = None):
-        self.base, self.damping, self.layers = base, damping, []
-        for index, (a_factor, g_factor) in enumerate(base.factors):
+    def __init__(self, base: kfac.KFACPreconditioner, damping: float):
+        self.base, self.damping = base, damping
+        #: per layer, the eigenvectors ``(Q_A, Q_G)`` of its factors, and the eigenvalues ``S`` (``out x in``)
+        self.bases: list[tuple[th.Tensor, th.Tensor]] = []
+        self.eigenvalues: list[th.Tensor] = []
+        for a_factor, g_factor in base.factors:
             a_values, a_vectors = th.linalg.eigh(a_factor.double())
             g_values, g_vectors = th.linalg.eigh(g_factor.double())
-            values = g_values.clamp(min=0)[:, None] * a_values.clamp(min=0)[None, :]
-            if corrected is not None:
-                values = corrected[index].double()
-            self.layers.append((a_vectors.float(), g_vectors.float(), values.float()))
+            self.bases.append((a_vectors.float(), g_vectors.float()))
+            self.eigenvalues.append((g_values.clamp(min=0)[:, None] * a_values.clamp(min=0)[None, :]).float())
 
     def __call__(self, vector: th.Tensor) -> th.Tensor:
         chunks = unflatten(vector, self.base.parameters)
         result = list(chunks)
-        for layer, (a_vectors, g_vectors, values) in zip(self.base.layers, self.layers, strict=True):
-            weight = chunks[layer.weight_position]
-            matrix = weight.reshape(weight.shape[0], -1)
-            if layer.bias_position is not None:
-                matrix = th.cat([matrix, chunks[layer.bias_position].unsqueeze(1)], dim=1)
-            rotated = g_vectors.T @ matrix @ a_vectors / (values + self.damping)
-            solved = g_vectors @ rotated @ a_vectors.T
-            result[layer.weight_position] = solved[:, : weight[0].numel()].reshape(weight.shape)
-            if layer.bias_position is not None:
-                result[layer.bias_position] = solved[:, -1]
+        for layer, (a_vectors, g_vectors), values in zip(self.base.layers, self.bases, self.eigenvalues, strict=True):
+            rotated = g_vectors.T @ kfac.layer_matrix(layer, chunks) @ a_vectors / (values + self.damping)
+            kfac.set_layer_matrix(layer, g_vectors @ rotated @ a_vectors.T, result)
         return flatten(result)
 
 
 def ekfac_eigenvalues(
-    policy: ActorCriticPolicy, base: kfac.KFACPreconditioner, observations: th.Tensor
-) -> dict[int, th.Tensor]:
+    policy: ActorCriticPolicy, preconditioner: EigenbasisPreconditioner, observations: th.Tensor
+) -> list[th.Tensor]:
     """
-    EKFAC's eigenvalues per layer: the mean over states and the exact expectation's columns of the squared per-state
-    gradient in K-FAC's eigenbasis, ``(Q_G^T (sum_t delta_t a_t^T) Q_A)^2``.
+    EKFAC's eigenvalues per layer in ``preconditioner``'s eigenbasis: the mean over states and the exact
+    expectation's columns of the squared per-state gradient, ``(Q_G^T (sum_t delta_t a_t^T) Q_A)^2``, from every
+    state of the batch (each layer called once).
     """
-    inputs: dict[int, th.Tensor] = {}
-    outputs: dict[int, th.Tensor] = {}
-
-    def record(module: nn.Module, arguments: tuple[th.Tensor, ...], output: th.Tensor) -> None:
-        inputs[id(module)], outputs[id(module)] = arguments[0].detach(), output
-
-    handles = [layer.module.register_forward_hook(record) for layer in base.layers]
-    with th.enable_grad():
-        distribution = action_distribution(policy, observations, None)
-    for handle in handles:
-        handle.remove()
-    used = [
-        (o, c)
-        for o, c in zip(distribution_outputs(distribution), kfac.fisher_columns(distribution), strict=True)
-        if o.requires_grad
-    ]
-    gradients = th.autograd.grad(
-        [o for o, _ in used],
-        [outputs[id(layer.module)] for layer in base.layers],
-        grad_outputs=[c for _, c in used],
-        is_grads_batched=True,
-    )
-    values = {}
+    layers = preconditioner.base.layers
+    values = []
     n_states = len(observations)
-    for index, (layer, (a_factor, g_factor), delta) in enumerate(zip(base.layers, base.factors, gradients, strict=True)):
-        a_vectors = th.linalg.eigh(a_factor.double())[1].float()
-        g_vectors = th.linalg.eigh(g_factor.double())[1].float()
-        module, x, n_columns = layer.module, inputs[id(layer.module)], delta.shape[0]
+    calls_per_layer = kfac.layer_calls(policy, layers, observations, expectation="exact")
+    for layer, (a_vectors, g_vectors), calls in zip(layers, preconditioner.bases, calls_per_layer, strict=True):
+        (call,) = calls
+        module, x, delta = layer.module, call.inputs, call.output_gradients
+        assert delta is not None
+        n_columns = delta.shape[0]
         if isinstance(module, nn.Conv2d):
             total = th.zeros(g_vectors.shape[1], a_vectors.shape[1])
             for start in range(0, n_states, 32):
@@ -151,7 +126,7 @@ def ekfac_eigenvalues(
             rows = kfac._with_bias_column(layer, x.reshape(n_states, -1)) @ a_vectors
             deltas = delta.reshape(n_columns, n_states, -1) @ g_vectors
             total = th.einsum("cno,ni->oi", deltas * deltas, rows * rows)
-        values[index] = total / n_states
+        values.append(total / n_states)
     return values
 
 
@@ -228,8 +203,9 @@ def main() -> None:
         return direction
 
     def ekfac() -> EigenbasisPreconditioner:
-        base = package_kfac("exact")
-        return EigenbasisPreconditioner(base, damping, ekfac_eigenvalues(model.policy, base, observations))  # type: ignore[arg-type]
+        preconditioner = EigenbasisPreconditioner(package_kfac("exact"), damping)
+        preconditioner.eigenvalues = ekfac_eigenvalues(model.policy, preconditioner, observations)  # type: ignore[arg-type]
+        return preconditioner
 
     print("approximation | cosine | x'(F+dI)x/x'x | PCG steps | build")
     rows = [
@@ -255,7 +231,8 @@ def main() -> None:
         f"One rollout of the `atari` entry on BreakoutNoFrameskip-v4, {len(actions)} states, the Fisher on "
         f"{len(observations)} of them, damping {damping}. Cosine to the natural gradient ({REFERENCE_STEPS} plain CG "
         f"steps); `x'(F+dI)x/x'x` of the natural gradient: {curvature(reference):.3g}; PCG steps: preconditioned CG "
-        "products to reach the residual of 10 plain CG steps.",
+        "products to reach the residual of 10 plain CG steps; build: wall seconds to make the approximation, on a "
+        "machine shared with other runs (compare the rows of one record, not records).",
         "",
         *markdown_table(["approximation", "cosine", "x'(F+dI)x/x'x", "PCG steps", "build"], rows),
     ]
