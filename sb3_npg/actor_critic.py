@@ -5,14 +5,36 @@ has running statistics (updated once per update, in training mode).
 """
 
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
 from sb3_npg.distributions import distribution_outputs
 from sb3_npg.kl import distribution_not_kept
+
+
+def probe_observation(space: spaces.Space) -> Any:
+    """
+    An observation of ``space`` to find the actor parameters with: a sample whose ``Box`` values are clipped to
+    ``[-1, 1]`` (within the bounds). A plain sample of a wide ``Box`` (CartPole's velocities: up to 3.4e38) can
+    overflow the network to NaN logits, which the distribution rejects.
+
+    :param space: the observation space (``Dict`` and ``Tuple`` spaces component by component)
+    """
+    if isinstance(space, spaces.Dict):
+        return {key: probe_observation(subspace) for key, subspace in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(probe_observation(subspace) for subspace in space.spaces)
+    sample = space.sample()
+    if not isinstance(space, spaces.Box):
+        return sample
+    lower, upper = np.clip(-1.0, space.low, space.high), np.clip(1.0, space.low, space.high)
+    return np.clip(sample, lower, upper).astype(space.dtype)
 
 
 def split_parameters(

@@ -31,7 +31,7 @@ from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_npg.actor_critic import critic_optimizer, has_running_statistics, split_parameters
+from sb3_npg.actor_critic import critic_optimizer, has_running_statistics, probe_observation, split_parameters
 from sb3_npg.base import NPGBase
 from sb3_npg.critic import fit_critic, index_observations, upcoming_get_order
 from sb3_npg.fast.lean_forward import LeanForward
@@ -291,7 +291,7 @@ class NPG(NPGBase):
 
     def _sample_distribution(self) -> Distribution:
         """The policy's action distribution on one sampled observation (how the actor parameters are found)."""
-        observation, _ = self.policy.obs_to_tensor(self.observation_space.sample())
+        observation, _ = self.policy.obs_to_tensor(probe_observation(self.observation_space))
         return self.policy.get_distribution(observation)
 
     def collect_rollouts(

@@ -33,6 +33,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import MaybeCallback, PyTorchObs
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_npg.actor_critic import probe_observation
 from sb3_npg.distributions import categorical_parts
 from sb3_npg.npg import NPG, UpdateBatch
 from sb3_npg.signatures import bound_arguments, variant_signature
@@ -198,7 +199,7 @@ class RecurrentNPG(NPG):
             )
 
     def _sample_distribution(self) -> Distribution:
-        observation, _ = self.policy.obs_to_tensor(self.observation_space.sample())
+        observation, _ = self.policy.obs_to_tensor(probe_observation(self.observation_space))
         lstm = self.policy.lstm_actor
         zeros = th.zeros((lstm.num_layers, 1, lstm.hidden_size), device=self.device)
         distribution, _ = self.policy.get_distribution(observation, (zeros, zeros), th.ones(1, device=self.device))  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import pickle
 from collections.abc import Callable
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -34,6 +35,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecNormalize
 from torch import nn
 
 from sb3_npg import NPG, MaskableNPG, MaskableRecurrentNPG, RecurrentNPG
+from sb3_npg.actor_critic import probe_observation
 from sb3_npg.maskable_recurrent import evaluate_policy as evaluate_masked_recurrent_policy
 from sb3_npg.save_load import UnsafeTorchError
 from sb3_npg.zoo import check_hyperparameters
@@ -168,6 +170,25 @@ def test_batch_norm_and_dropout_extractor(kind: str) -> None:
         first = deterministic_actions(model, observations)
         np.testing.assert_array_equal(first, deterministic_actions(model, observations))
         assert th.isfinite(policy_parameters(model)).all()
+
+
+def test_probe_observation_is_bounded_and_in_the_space() -> None:
+    """
+    The observation that finds the actor parameters stays in ``[-1, 1]`` and in its space: a plain sample of a wide
+    ``Box`` (CartPole's velocities under gymnasium 0.29: bounds of 3.4e38) made a normalising extractor's logits NaN.
+    """
+    wide = spaces.Box(np.finfo(np.float32).min, np.finfo(np.float32).max, (4,), np.float32, seed=0)
+    assert max(np.abs(wide.sample()).max() for _ in range(20)) > 1e30  # what a plain sample gives
+    shifted = spaces.Box(5.0, 10.0, (3,))
+    for space in (
+        wide,
+        shifted,
+        gym.make("CartPole-v1").observation_space,
+        spaces.Dict({"state": wide, "count": spaces.Discrete(3)}),
+    ):
+        for _ in range(50):
+            assert space.contains(probe_observation(space))
+    assert all(np.abs(probe_observation(wide)).max() <= 1.0 for _ in range(50))
 
 
 def collected(model: NPG) -> NPG:
