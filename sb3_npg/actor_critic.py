@@ -24,12 +24,10 @@ def probe_observation(space: spaces.Space) -> Any:
     ``[-1, 1]`` (within the bounds). A plain sample of a wide ``Box`` (CartPole's velocities: up to 3.4e38) can
     overflow the network to NaN logits, which the distribution rejects.
 
-    :param space: the observation space (``Dict`` and ``Tuple`` spaces component by component)
+    :param space: the observation space (a ``Dict`` space key by key)
     """
     if isinstance(space, spaces.Dict):
         return {key: probe_observation(subspace) for key, subspace in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(probe_observation(subspace) for subspace in space.spaces)
     sample = space.sample()
     if not isinstance(space, spaces.Box):
         return sample

@@ -117,8 +117,7 @@ def ekfac_eigenvalues(
             for start in range(0, n_states, 32):
                 part = slice(start, start + 32)
                 patches = kfac._patches(module, x[part]).transpose(1, 2)  # states, positions, inputs
-                if layer.bias_position is not None:
-                    patches = th.cat([patches, patches.new_ones(*patches.shape[:2], 1)], dim=2)
+                patches = kfac._with_bias_column(layer, patches.flatten(0, 1)).unflatten(0, patches.shape[:2])
                 deltas = delta[:, part].movedim(2, -1).reshape(n_columns, len(patches), -1, g_vectors.shape[0])
                 per_state = th.einsum("cnto,nti->cnoi", deltas @ g_vectors, patches @ a_vectors)
                 total += (per_state * per_state).sum(dim=(0, 1))
