@@ -284,9 +284,15 @@ def group_results(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[d
     return grouped
 
 
+#: The measured KL of an update in each algorithm's log: NPG's, TRPO's, and PPO's estimate (``approx_kl``: the mean
+#: over the update's epochs and minibatches of the estimated KL from the rollout's policy, so below the KL the whole
+#: update ends at)
+KL_KEYS = ("train/kl_divergence", "train/kl_divergence_loss", "train/approx_kl")
+
+
 def kl_key(row: dict[str, float]) -> str:
-    """The measured KL of the update: NPG's ``train/kl_divergence``, TRPO's ``train/kl_divergence_loss``."""
-    return "train/kl_divergence" if "train/kl_divergence" in row else "train/kl_divergence_loss"
+    """The key of the update's measured KL in a per-update log row (one of :data:`KL_KEYS`; TRPO's when none is there)."""
+    return next((key for key in KL_KEYS if key in row), "train/kl_divergence_loss")
 
 
 def read_update_log(path: pathlib.Path) -> list[dict[str, float]]:

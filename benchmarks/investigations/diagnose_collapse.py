@@ -22,6 +22,9 @@ episodes' return and length, the final deterministic return), the medians of eac
 side, and a figure ``<algo>_vs_<other>_<env>_seed<seed>.png``. For instance NPG against TRPO on Hopper::
 
     python benchmarks/investigations/diagnose_collapse.py --envs Hopper-v5 --algos npg --compare trpo
+
+PPO's runs compare too (``--compare ppo``); their KL is PPO's own ``approx_kl``, the mean over the update's epochs of
+its estimate, which is below the KL the whole update ends at.
 """
 
 import argparse
@@ -61,10 +64,11 @@ COMPARED = ("KL per update", "summed KL", "std", "adv. std", "training return", 
 def summed_kl_factor(env_id: str, rows: list[dict[str, float]]) -> float:
     """
     What turns a run's logged KL into the KL summed over action dimensions (NPG's measure): 1 for NPG's
-    ``train/kl_divergence``; for TRPO's ``train/kl_divergence_loss``, a mean over states *and* action dimensions of a
-    ``Box`` action space, the number of action dimensions (1 for the other spaces, whose SB3 KL is one value per state).
+    ``train/kl_divergence`` and PPO's ``train/approx_kl`` (estimated from the log-probabilities of whole actions); for
+    TRPO's ``train/kl_divergence_loss``, a mean over states *and* action dimensions of a ``Box`` action space, the number
+    of action dimensions (1 for the other spaces, whose SB3 KL is one value per state).
     """
-    if not rows or kl_key(rows[0]) == "train/kl_divergence":
+    if not rows or kl_key(rows[0]) != "train/kl_divergence_loss":
         return 1.0
     import gymnasium as gym
 

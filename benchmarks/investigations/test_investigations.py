@@ -8,6 +8,7 @@ these scripts.
 import csv
 import gzip
 import json
+import math
 import pathlib
 
 import diagnose_collapse
@@ -161,6 +162,10 @@ def test_comparison_sets_each_run_beside_the_other_algorithms_run_on_the_same_se
     assert diagnose_collapse.summed_kl_factor("Hopper-v5", npg_rows) == 1
     assert diagnose_collapse.summed_kl_factor("Hopper-v5", trpo_rows) == 3
     assert diagnose_collapse.summed_kl_factor("CartPole-v1", trpo_rows) == 1  # Discrete: one KL per state already
+    ppo_log = update_log("ppo5.csv.gz", 512, "train/approx_kl", 0.01, math.nan)
+    ppo_rows = diagnose_collapse.read_update_log(tmp_path / ppo_log)
+    assert diagnose_collapse.summed_kl_factor("Hopper-v5", ppo_rows) == 1  # PPO estimates the KL of whole actions
+    assert diagnose_collapse.comparison_summary({"final_mean_return": 0.0}, ppo_rows)["KL per update"] == pytest.approx(0.015)
     series = diagnose_collapse.comparison_series(trpo_rows, 3)
     assert series["KL per update"][:2] == pytest.approx([0.018, 0.036])
     assert series["summed KL"][-1] == pytest.approx(3 * (10 * 0.006 + 10 * 0.012))
