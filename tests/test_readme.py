@@ -70,20 +70,20 @@ def heldout_rows(stats_file: pathlib.Path) -> dict[str, dict[str, str]]:
 
 def test_results_table_matches_heldout_stats() -> None:
     """
-    The README's held-out MuJoCo rows are the ones benchmarks/heldout_stats.py wrote, number for number: today's
-    entries from ``heldout/npg/stats.md``; a row marked ¹ (earlier code) from the earlier records.
+    The README's held-out MuJoCo rows are the ones benchmarks/heldout_stats.py wrote for today's entries
+    (``heldout/npg/stats.md``), number for number; a TRPO cell is marked ² exactly when TRPO has fewer seeds.
     """
-    results = REPO / "benchmarks" / "results" / "heldout"
-    current = heldout_rows(results / "npg" / "stats.md")
-    earlier = {**heldout_rows(results / "ant_swimmer" / "stats.md"), **heldout_rows(results / "stats.md")}
+    rows = heldout_rows(REPO / "benchmarks" / "results" / "heldout" / "npg" / "stats.md")
     checked = set()
     for line in README.splitlines():
         if not re.match(r"^\| \S+-v5 \| 3\u2013\d \|", line):
             continue
         env, _, npg, trpo, ppo, probability = (cell.replace("*", "").strip() for cell in line.strip("|").split("|"))
-        row = earlier[env] if npg.endswith("\u00b9") else current[env]
-        assert npg.rstrip("\u00b9") == row["NPG IQM [95 % CI]"], env
+        row = rows[env]
+        assert npg == row["NPG IQM [95 % CI]"], env
         assert trpo.rstrip("\u00b2") == row["TRPO IQM [95 % CI]"], env
+        seeds = [int(n) for n in row["seeds NPG / TRPO / PPO"].split(" / ")]
+        assert trpo.endswith("\u00b2") == (seeds[1] < seeds[0]), env
         assert probability == row["P(NPG > TRPO) [95 % CI]"], env
         assert ppo == ("" if row.get("PPO IQM [95 % CI]", "-") == "-" else row["PPO IQM [95 % CI]"]), env
         checked.add(env)
