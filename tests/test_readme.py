@@ -90,6 +90,22 @@ def test_results_table_matches_heldout_stats() -> None:
     assert checked == {"HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5"}
 
 
+@pytest.mark.parametrize("page", ["npg.md", "results.md"])
+def test_docs_heldout_tables_match_heldout_stats(page: str) -> None:
+    """The held-out tables of the algorithm and results pages carry the same record's numbers as the README's rows."""
+    rows = heldout_rows(REPO / "benchmarks" / "results" / "heldout" / "npg" / "stats.md")
+    text = (REPO / "docs" / page).read_text()
+    table = text[text.index("| env | NPG IQM [95 % CI] | TRPO IQM [95 % CI] | PPO IQM [95 % CI] |") :].split("\n\n")[0]
+    checked = set()
+    for line in table.splitlines()[2:]:
+        cells = [cell.replace("*", "").replace("\u2013", "-").strip() for cell in line.strip("|").split("|")]
+        row = rows[cells[0]]
+        columns = ["NPG IQM [95 % CI]", "TRPO IQM [95 % CI]", "PPO IQM [95 % CI]", "P(NPG > TRPO) [95 % CI]"]
+        assert cells[1:5] == [row[column] for column in columns], cells[0]
+        checked.add(cells[0])
+    assert checked == set(rows)
+
+
 def test_install_commands_are_the_ones_ci_runs() -> None:
     """.ci/run installs and tests with the README's own commands, and runs the README's blocks after its install."""
     commands = re.findall(r"^```bash\n(python3 -m venv .+)\n```$", README, flags=re.M)
